@@ -1,0 +1,134 @@
+"""The reference PyTorch math of MSFD's fused op: the spec in code (DESIGN.md "The fused op").
+
+Every other backend (C++, CUDA, Triton) is tested against the functions here. Clarity over speed.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Sequence
+
+import torch
+
+EPS = 1e-6
+AGGREGATIONS = ("sum", "mean", "max", "product")
+# Default Gaussian width in units of the layer's cell spacing (output pixels per feature cell).
+# Chosen by measurement on the demo and MTD (docs/defaults.md).
+DEFAULT_SIGMA_FACTOR = 1.0
+
+
+def combined_distance(t: torch.Tensor, s: torch.Tensor, alpha: float = 1.0, beta: float = 1.0) -> torch.Tensor:
+    """d = alpha * ||t - s||^2 / C + beta * (1 - cos(t, s)) per cell: (B, C, h, w) -> (B, h, w), float32
+    (float64 inputs stay float64, for exact tests)."""
+    acc = torch.float64 if t.dtype == torch.float64 else torch.float32
+    t, s = t.to(acc), s.to(acc)
+    channels = t.shape[1]
+    l2 = (t - s).pow(2).sum(1) / channels
+    dot = (t * s).sum(1)
+    denom = t.norm(dim=1).clamp_min(EPS) * s.norm(dim=1).clamp_min(EPS)
+    return alpha * l2 + beta * (1.0 - dot / denom)
+
+
+@functools.lru_cache(maxsize=256)
+def _gaussian_matrix_cpu(out_len: int, n_cells: int, sigma: float, radius: float | None) -> torch.Tensor:
+    spacing = out_len / n_cells
+    centres = (torch.arange(n_cells, dtype=torch.float64) + 0.5) * spacing - 0.5
+    r = 3.0 * sigma if radius is None else float(radius)
+    r = max(r, spacing / 2)  # every output row must see at least one cell
+    u = torch.arange(out_len, dtype=torch.float64)[:, None] - centres[None, :]
+    logits = -(u * u) / (2.0 * sigma * sigma)
+    logits = logits.masked_fill(u.abs() > r, float("-inf"))
+    # softmax == g / sum(g), without underflow to 0/0 when sigma is much smaller than the spacing
+    return torch.softmax(logits, dim=1).to(torch.float32)
+
+
+def gaussian_matrix(out_len: int, n_cells: int, sigma: float, radius: float | None = None,
+                    device: torch.device | str = "cpu") -> torch.Tensor:
+    """Row-normalised truncated Gaussian up-sampling matrix G (out_len x n_cells), float32, cached."""
+    if sigma <= 0 or not math.isfinite(sigma):
+        raise ValueError(f"Gaussian sigma must be a positive finite number, got {sigma}")
+    if radius is not None and (radius < 0 or not math.isfinite(radius)):
+        raise ValueError(f"receptive-field radius must be >= 0 and finite, got {radius}")
+    g = _gaussian_matrix_cpu(int(out_len), int(n_cells), float(sigma), None if radius is None else float(radius))
+    return g.to(device)
+
+
+def default_sigmas(shapes: Sequence[tuple[int, int]], out_size: tuple[int, int],
+                   factor: float = DEFAULT_SIGMA_FACTOR) -> list[float]:
+    """sigma_l = factor * cell spacing of layer l in output pixels (the larger of the two axes)."""
+    H, W = out_size
+    return [factor * max(H / h, W / w) for h, w in shapes]
+
+
+def upsampling_matrices(shapes: Sequence[tuple[int, int]], out_size: tuple[int, int], sigmas: Sequence[float],
+                        radii: Sequence[float | None], blur_sigma: float | None, fold_blur: bool,
+                        device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(G_rows, G_cols) per layer; with fold_blur the final blur B is folded in as B @ G (sum/mean only)."""
+    H, W = out_size
+    mats = []
+    for (h, w), sigma, radius in zip(shapes, sigmas, radii):
+        gr = gaussian_matrix(H, h, sigma, radius, device)
+        gc = gaussian_matrix(W, w, sigma, radius, device)
+        if blur_sigma and fold_blur:
+            gr = gaussian_matrix(H, H, blur_sigma, None, device) @ gr
+            gc = gaussian_matrix(W, W, blur_sigma, None, device) @ gc
+        mats.append((gr, gc))
+    return mats
+
+
+def upsample(d: torch.Tensor, g_rows: torch.Tensor, g_cols: torch.Tensor) -> torch.Tensor:
+    """A = G_rows @ d @ G_cols^T for each image: (B, h, w) -> (B, H, W), in d's dtype."""
+    return g_rows.to(d.dtype) @ d @ g_cols.to(d.dtype).T
+
+
+def aggregate(maps: Sequence[torch.Tensor], weights: Sequence[float], mode: str) -> torch.Tensor:
+    if mode not in AGGREGATIONS:
+        raise ValueError(f"aggregate must be one of {AGGREGATIONS}, got {mode!r}")
+    weighted = [w * a for w, a in zip(weights, maps)]
+    out = weighted[0]
+    for a in weighted[1:]:
+        if mode in ("sum", "mean"):
+            out = out + a
+        elif mode == "max":
+            out = torch.maximum(out, a)
+        else:
+            out = out * a
+    return out / len(maps) if mode == "mean" else out
+
+
+def image_score(heat: torch.Tensor, topk: float | None = None) -> torch.Tensor:
+    """The heatmap maximum, or the mean of its top-k fraction (0 < topk <= 1). NaN propagates."""
+    flat = heat.flatten(1)
+    if topk is None:
+        return flat.max(dim=1).values if flat.shape[1] else flat.new_zeros(flat.shape[0])
+    k = max(1, math.ceil(topk * flat.shape[1]))
+    return flat.topk(k, dim=1).values.mean(dim=1)
+
+
+def anomaly_map(teacher_feats: Sequence[torch.Tensor], student_feats: Sequence[torch.Tensor],
+                out_size: tuple[int, int], layer_weights: Sequence[float], alpha: float, beta: float,
+                sigmas: Sequence[float], radii: Sequence[float | None], aggregate_mode: str,
+                topk: float | None = None, blur_sigma: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The full fused op, unfused: heatmap (B, H, W) float32 and image score (B,). Arguments already validated."""
+    shapes = [tuple(t.shape[-2:]) for t in teacher_feats]
+    fold = aggregate_mode in ("sum", "mean")
+    mats = upsampling_matrices(shapes, out_size, sigmas, radii, blur_sigma, fold, teacher_feats[0].device)
+    maps = [upsample(combined_distance(t, s, alpha, beta), gr, gc)
+            for t, s, (gr, gc) in zip(teacher_feats, student_feats, mats)]
+    heat = aggregate(maps, layer_weights, aggregate_mode)
+    if blur_sigma and not fold:
+        H, W = out_size
+        heat = upsample(heat, gaussian_matrix(H, H, blur_sigma, None, heat.device),
+                        gaussian_matrix(W, W, blur_sigma, None, heat.device))
+    return heat, image_score(heat, topk)
+
+
+def distill_loss(teacher_feats: Sequence[torch.Tensor], student_feats: Sequence[torch.Tensor],
+                 alpha: float, beta: float, layer_weights: Sequence[float] | None = None) -> torch.Tensor:
+    """sum_l w_l * mean over batch and cells of d_l; differentiable with respect to the student features."""
+    weights = layer_weights if layer_weights is not None else [1.0] * len(teacher_feats)
+    total = None
+    for w, t, s in zip(weights, teacher_feats, student_feats):
+        term = w * combined_distance(t, s, alpha, beta).mean()
+        total = term if total is None else total + term
+    return total

@@ -1,0 +1,100 @@
+"""The .fastmsfd checkpoint: one safetensors file (tensors + JSON metadata), never pickle.
+
+Loading executes no code. A SHA-256 of the tensor bytes catches truncation and bit flips; a format version
+catches files from an incompatible release. Writes are atomic (temp file in the same folder, then rename).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from ._version import __version__
+from .errors import CheckpointError
+
+FORMAT = "fastmsfd"
+FORMAT_VERSION = 1
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success rename it over `path`, on failure delete it.
+
+    A crash at any point leaves either the old file or the complete new one, never a partial file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def _digest(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for key in sorted(tensors):
+        t = tensors[key].detach().cpu().contiguous()
+        h.update(key.encode())
+        h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def save_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "fastmsfd_version": __version__,
+            "config": json.dumps(config), "sha256": _digest(tensors)}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(tensors, config) from a .fastmsfd file; CheckpointError naming the file for anything wrong."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises its own error types for malformed headers and short files
+        raise CheckpointError(f"{path}: not a readable fastmsfd checkpoint (truncated or corrupt: {exc})") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a fastmsfd checkpoint (no fastmsfd format tag)")
+    try:
+        version = int(meta.get("format_version", ""))
+    except ValueError:
+        raise CheckpointError(f"{path}: unreadable format version {meta.get('format_version')!r}") from None
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: written by fastmsfd {meta.get('fastmsfd_version', '?')} in format "
+                              f"version {version}; this fastmsfd {__version__} reads up to version "
+                              f"{FORMAT_VERSION}: upgrade fastmsfd")
+    if meta.get("sha256") != _digest(tensors):
+        raise CheckpointError(f"{path}: checksum mismatch, the file is corrupt (bit flip or partial copy)")
+    try:
+        config = json.loads(meta["config"])
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: configuration block missing or corrupt ({exc})") from None
+    return tensors, config

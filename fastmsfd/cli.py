@@ -1,0 +1,307 @@
+"""The `fastmsfd` command: demo, fit, predict, eval, info.
+
+Errors are one clear line on stderr and a non-zero exit code, never a traceback (FASTMSFD_DEBUG=1 shows it).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+DESCRIPTION = """Fast Multi-Scale Feature Distillation anomaly detection.
+
+  fastmsfd demo                       fit, predict and evaluate on the built-in texture demo
+  fastmsfd fit DATA -o model.fastmsfd fit on normal images (a folder or an MVTec category folder)
+  fastmsfd predict model.fastmsfd IMAGES... -o out/   heatmap overlays + scores.csv
+  fastmsfd eval CATEGORY [-c model.fastmsfd]          metrics on an MVTec-layout test split
+  fastmsfd info                       backends, extensions and pretrained weights found here
+"""
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backbone", default="efficientnet_lite0", help="teacher/student network (default: %(default)s)")
+    p.add_argument("--layers", default=None, help="comma-separated layers, e.g. stage2,stage3,stage4")
+    p.add_argument("--image-size", type=int, default=256, help="square input size (default: %(default)s)")
+    p.add_argument("--weights", default=None, help="teacher weights file (default: resolve offline)")
+    p.add_argument("--epochs", type=int, default=40, help="maximum epochs; early stopping may end sooner")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _build_detector(args):
+    from . import Detector
+
+    layers = args.layers.split(",") if args.layers else None
+    return Detector(backbone=args.backbone, layers=layers, image_size=args.image_size, weights=args.weights,
+                    score_topk=getattr(args, "score_topk", None))
+
+
+def _fit(det, data, args):
+    return det.fit(data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                   progress=not args.quiet)
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    from .checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(path, text.encode())
+
+
+def _write_overlays(result, out_dir: Path, threshold: float, limit: int = 8) -> int:
+    """Overlays for the most anomalous images of each defect type and for the highest-scoring good ones."""
+    import numpy as np
+
+    from .data import read_image
+    from .viz import save_overlay
+
+    vmax = 2 * threshold if np.isfinite(threshold) else float(result.heatmaps.max())
+    written = 0
+    by_type: dict[str, list[int]] = {}
+    for i, s in enumerate(result.samples):
+        by_type.setdefault(s.defect, []).append(i)
+    for defect, idx in sorted(by_type.items()):
+        for i in sorted(idx, key=lambda j: -result.scores[j])[:limit]:
+            s = result.samples[i]
+            pred_mask = result.heatmaps[i] > threshold if np.isfinite(threshold) else None
+            save_overlay(out_dir / f"{defect}_{s.path.stem}.png", read_image(s.path), result.heatmaps[i], vmax,
+                         pred_mask)
+            written += 1
+    return written
+
+
+def cmd_demo(args) -> int:
+    from . import Detector
+    from .demo_data import make_demo_dataset
+    from .evaluate import evaluate_category
+
+    out = Path(args.out)
+    cats = make_demo_dataset(out / "data", seed=args.seed)
+    print(f"demo data: {', '.join(c.name for c in cats)} in {out / 'data'} (MVTec AD layout)")
+    rows = []
+    for cat in cats:
+        t0 = time.perf_counter()
+        det = Detector(image_size=args.image_size, score_topk=args.score_topk)
+        det.fit(cat, epochs=args.epochs, lr=args.lr, seed=args.seed, progress=not args.quiet)
+        fit_s = time.perf_counter() - t0
+        det.save(out / cat.name / "model.fastmsfd")
+        res = evaluate_category(det, cat)
+        n = _write_overlays(res, out / cat.name / "overlays", float(det.threshold), limit=3)
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["path", "defect", "score", "predicted_anomalous"])
+        for s, score in zip(res.samples, res.scores):
+            w.writerow([s.path, s.defect, f"{score:.6f}", bool(score > float(det.threshold))])
+        _write_text_atomic(out / cat.name / "scores.csv", buf.getvalue())
+        rows.append(dict(category=cat.name, fit_seconds=round(fit_s, 1), epochs=len(det.history.val_loss),
+                         threshold=float(det.threshold), resolution=res.resolution, **res.metrics))
+        print(f"  {cat.name}: image AUROC {_fmt(res.metrics['image_auroc'])}, pixel AUROC "
+              f"{_fmt(res.metrics['pixel_auroc'])}, AUPRO {_fmt(res.metrics['aupro'])}, fit {fit_s:.0f}s, "
+              f"{n} overlays")
+    keys = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "f1_at_threshold")
+    mean = {k: sum(r[k] for r in rows) / len(rows) for k in keys if all(r[k] is not None for r in rows)}
+    summary = {"categories": rows, "mean": mean, "image_size": args.image_size, "epochs_max": args.epochs,
+               "seed": args.seed}
+    _write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
+    lines = ["| category | image AUROC | pixel AUROC | AUPRO | F1-max | fit s |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['category']} | {_fmt(r['image_auroc'])} | {_fmt(r['pixel_auroc'])} | {_fmt(r['aupro'])} | "
+              f"{_fmt(r['f1_max'])} | {r['fit_seconds']} |" for r in rows]
+    lines.append(f"| mean | {_fmt(mean.get('image_auroc'))} | {_fmt(mean.get('pixel_auroc'))} | "
+                 f"{_fmt(mean.get('aupro'))} | {_fmt(mean.get('f1_max'))} | "
+                 f"{sum(r['fit_seconds'] for r in rows):.1f} |")
+    table = "\n".join(lines)
+    _write_text_atomic(out / "summary.md", f"Evaluated at {args.image_size}x{args.image_size}.\n\n{table}\n")
+    print(table)
+    print(f"wrote {out / 'summary.json'}, {out / 'summary.md'}, overlays and models under {out}/")
+    return 0
+
+
+def cmd_fit(args) -> int:
+    det = _fit(_build_detector(args), args.data, args)
+    det.save(args.output)
+    h = det.history
+    print(f"fitted {det!r}\n  {len(h.val_loss)} epochs in {h.seconds:.1f}s, best held-out loss "
+          f"{min(h.val_loss):.4f} at epoch {h.best_epoch + 1}; saved {args.output}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import numpy as np
+
+    from . import Detector
+    from .data import IMAGE_EXTENSIONS, list_images, read_image
+    from .errors import FastMSFDError
+    from .viz import save_overlay
+
+    det = Detector.load(args.model)
+    paths: list[Path] = []
+    for item in args.images:
+        p = Path(item)
+        if p.is_dir():
+            paths += list_images(p)
+        else:
+            paths.append(p)
+    out = Path(args.out)
+    thr = float(det.threshold)
+    rows, bad = [], []
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(paths), desc="predicting", unit="img", disable=args.quiet or len(paths) < 8)
+    for i in range(0, len(paths), args.batch_size):
+        chunk = paths[i:i + args.batch_size]
+        good = []
+        for p in chunk:  # decode once here to sort bad files out; predict gets the arrays
+            try:
+                good.append((p, read_image(p)))
+            except FastMSFDError as exc:
+                bad.append((p, str(exc)))
+        if good:
+            pred = det.predict([a for _, a in good], batch_size=args.batch_size)
+            for j, (p, arr) in enumerate(good):
+                score = float(pred.scores[j])
+                label = None if pred.labels is None else bool(pred.labels[j])
+                rows.append((p, score, label))
+                if not args.no_overlays:
+                    heat = pred.heatmaps[j].numpy()
+                    vmax = 2 * thr if np.isfinite(thr) else float(heat.max())
+                    save_overlay(out / "overlays" / f"{p.stem}.png", arr, heat, vmax,
+                                 None if pred.masks is None else pred.masks[j].numpy())
+        bar.update(len(chunk))
+    bar.close()
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["path", "score", "anomalous", "error"])
+    for p, score, label in rows:
+        w.writerow([p, f"{score:.6f}", "" if label is None else label, ""])
+    for p, err in bad:
+        w.writerow([p, "", "", err])
+    _write_text_atomic(out / "scores.csv", buf.getvalue())
+    n_anom = sum(1 for _, _, lab in rows if lab)
+    print(f"{len(rows)} images scored ({n_anom} anomalous at threshold {thr:.4g}), {len(bad)} unreadable; "
+          f"wrote {out / 'scores.csv'}")
+    for p, err in bad:
+        print(f"  skipped: {err}", file=sys.stderr)
+    if not rows and bad:
+        return 1
+    return 1 if (bad and args.strict) else 0
+
+
+def cmd_eval(args) -> int:
+    from . import Detector
+    from .evaluate import evaluate_category
+
+    if args.checkpoint:
+        det = Detector.load(args.checkpoint)
+    else:
+        det = _fit(_build_detector(args), args.data, args)
+    res = evaluate_category(det, args.data, progress=not args.quiet)
+    report = {"category": res.category, "resolution": f"{res.resolution}x{res.resolution}",
+              "metrics": res.metrics, "notes": res.notes, "detector": repr(det)}
+    if args.out:
+        _write_text_atomic(Path(args.out) / "metrics.json", json.dumps(report, indent=2))
+        _write_overlays(res, Path(args.out) / "overlays", float(det.threshold), limit=3)
+    print(f"{res.category} (evaluated at {res.resolution}x{res.resolution}): " +
+          ", ".join(f"{k} {_fmt(v)}" for k, v in res.metrics.items()))
+    for note in res.notes:
+        print(f"  note: {note}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    import torch
+
+    from . import __version__, ops
+    from .backbones import backbone_names, find_weights_file
+
+    print(f"fastmsfd {__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print("op backends (cpu):")
+    for name, why in ops.backend_status("cpu").items():
+        print(f"  {name:10s} {'available' if why is None else 'unavailable: ' + why}")
+    print("pretrained weights found offline:")
+    for name in backbone_names():
+        path = find_weights_file(name)
+        print(f"  {name:20s} {path if path else 'not found'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastmsfd", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="fit, predict and evaluate on the built-in texture demo (a few minutes)",
+                       description="Builds an MVTec-layout dataset from scikit-image's brick, gravel and grass "
+                                   "photographs with synthetic defects, fits one detector per texture, evaluates "
+                                   "it and writes overlays, scores and a summary.")
+    p.add_argument("--out", default="demo_output", help="output folder (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--score-topk", type=float, default=0.01, help="image score: mean of the top fraction")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("fit", help="fit a detector on normal images and save it",
+                       description="Fits on defect-free images: a folder (searched recursively) or an MVTec "
+                                   "category folder (its train/good is used). 10%% are held out for early "
+                                   "stopping, per-layer weights and the threshold.")
+    p.add_argument("data", help="folder of normal images or MVTec category folder")
+    p.add_argument("-o", "--output", required=True, help="checkpoint to write (.fastmsfd)")
+    _add_model_args(p)
+    p.set_defaults(fn=cmd_fit)
+
+    p = sub.add_parser("predict", help="score images; write heatmap overlays and scores.csv",
+                       description="Scores image files and folders. Unreadable files are listed with the reason "
+                                   "and skipped; the exit code is non-zero for them only with --strict.")
+    p.add_argument("model", help="a .fastmsfd checkpoint")
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("-o", "--out", default="predictions", help="output folder (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--strict", action="store_true", help="exit non-zero if any file could not be read")
+    p.add_argument("--no-overlays", action="store_true", help="only write scores.csv")
+    p.set_defaults(fn=cmd_predict)
+
+    p = sub.add_parser("eval", help="metrics on an MVTec-layout category (fits first unless -c is given)")
+    p.add_argument("data", help="MVTec-layout category folder")
+    p.add_argument("-c", "--checkpoint", help="evaluate this checkpoint instead of fitting")
+    p.add_argument("-o", "--out", help="write metrics.json and overlays here")
+    _add_model_args(p)
+    p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("info", help="backends, compiled extensions and pretrained weights available here")
+    p.set_defaults(fn=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "fn", None):
+        parser.print_help()
+        return 2
+    from .errors import FastMSFDError
+
+    try:
+        return args.fn(args)
+    except (FastMSFDError, ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+        if os.environ.get("FASTMSFD_DEBUG"):
+            raise
+        print(f"fastmsfd: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fastmsfd: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""Image decoding, input conversion and dataset layouts (plain folders, MVTec AD).
+
+Every failure names the file and the problem (fastmsfd.errors).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import DataError, ImageDecodeError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
+# Refuse images above this many pixels before decoding them (a decompression bomb's header is enough).
+MAX_PIXELS = 120_000_000
+
+
+def _pixels_to_rgb(im: Image.Image) -> np.ndarray:
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        arr = np.asarray(im, dtype=np.float64)
+        arr = arr / 257.0 if arr.max(initial=0) > 255 or im.mode.startswith("I;16") else arr
+        gray = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if im.mode == "F":
+        arr = np.nan_to_num(np.asarray(im, dtype=np.float32))
+        gray = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    return np.asarray(im.convert("RGB"))
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Decode an image file to uint8 RGB (H, W, 3): any common format, EXIF orientation applied,
+    grayscale / palette / 16-bit / CMYK / alpha converted. Raises ImageDecodeError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageDecodeError(f"{path}: file not found" if not path.exists() else f"{path}: not a regular file")
+    if path.stat().st_size == 0:
+        raise ImageDecodeError(f"{path}: empty file (0 bytes)")
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if w * h > MAX_PIXELS:
+                raise ImageDecodeError(f"{path}: {w}x{h} pixels exceeds the limit of {MAX_PIXELS} "
+                                       "(possible decompression bomb); refusing to decode")
+            if w == 0 or h == 0:
+                raise ImageDecodeError(f"{path}: image has no pixels ({w}x{h})")
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                im.load()
+                im = ImageOps.exif_transpose(im)
+                return _pixels_to_rgb(im)
+    except ImageDecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageDecodeError(f"{path}: not an image file, or a format Pillow cannot read") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(f"{path}: refused as a possible decompression bomb ({exc})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageDecodeError(f"{path}: truncated or corrupt image ({exc})") from None
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """A ground-truth mask as bool (H, W): any non-zero pixel is a defect (MVTec masks are {0, 255})."""
+    return read_image(path).max(axis=2) >= 128
+
+
+def list_images(folder: str | os.PathLike, recursive: bool = True) -> list[Path]:
+    """Image files under `folder`, sorted; folders starting with '.' or '_' are skipped. Symlinked
+    folders are not followed, so a symlink loop cannot hang the walk."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise DataError(f"{folder}: folder not found")
+    if not folder.is_dir():
+        raise DataError(f"{folder}: not a folder")
+    found = []
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "_"))) if recursive else []
+        found += [Path(root) / f for f in files if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")]
+    if not found:
+        raise DataError(f"{folder}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    return sorted(found)
+
+
+def is_mvtec_category(folder: Path) -> bool:
+    return (folder / "train" / "good").is_dir()
+
+
+def training_paths(folder: str | os.PathLike) -> list[Path]:
+    """Normal images for fitting: <folder>/train/good for an MVTec-layout category, else every image below."""
+    folder = Path(folder)
+    if folder.is_dir() and is_mvtec_category(folder):
+        return list_images(folder / "train" / "good")
+    return list_images(folder)
+
+
+@dataclass
+class TestSample:
+    path: Path
+    label: int               # 0 normal, 1 anomalous
+    defect: str              # "good" or the defect type folder
+    mask_path: Path | None   # None: all-zero mask (or no mask known for an anomalous image)
+
+
+def mvtec_test_set(category: str | os.PathLike) -> list[TestSample]:
+    """The test split of an MVTec-layout category: test/<type>/* with ground_truth/<type>/<stem>_mask.*."""
+    category = Path(category)
+    test_dir = category / "test"
+    if not test_dir.is_dir():
+        raise DataError(f"{category}: no test/ folder (expected the MVTec AD layout <category>/test/<type>/)")
+    samples = []
+    for defect_dir in sorted(p for p in test_dir.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
+        gt_dir = category / "ground_truth" / defect_dir.name
+        for path in list_images(defect_dir, recursive=False):
+            mask = None
+            if defect_dir.name != "good":
+                candidates = [gt_dir / f"{path.stem}_mask{ext}" for ext in IMAGE_EXTENSIONS]
+                candidates += [gt_dir / f"{path.stem}{ext}" for ext in IMAGE_EXTENSIONS]
+                mask = next((c for c in candidates if c.is_file()), None)
+            samples.append(TestSample(path, int(defect_dir.name != "good"), defect_dir.name, mask))
+    if not samples:
+        raise DataError(f"{test_dir}: empty test set")
+    return samples
+
+
+# ---- in-memory conversion ---------------------------------------------------------------------------------
+
+def _array_to_chw(arr: np.ndarray, where: str) -> torch.Tensor:
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
+        raise ValueError(f"{where}: expected an (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) array, got {arr.shape}")
+    if arr.dtype == np.uint8:
+        t = torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1).float() / 255.0
+    elif np.issubdtype(arr.dtype, np.floating):
+        t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).permute(2, 0, 1)
+    else:
+        raise ValueError(f"{where}: arrays must be uint8 (0..255) or float (0..1), got {arr.dtype}")
+    return _fix_channels(t, where)
+
+
+def _fix_channels(t: torch.Tensor, where: str) -> torch.Tensor:
+    if t.shape[0] == 1:
+        t = t.expand(3, -1, -1)
+    elif t.shape[0] == 4:
+        t = t[:3]
+    elif t.shape[0] != 3:
+        raise ValueError(f"{where}: expected 1, 3 or 4 channels, got {t.shape[0]}")
+    return t
+
+
+def _tensor_to_chw_list(t: torch.Tensor, where: str) -> list[torch.Tensor]:
+    if t.dim() == 3:
+        t = t[None]
+    if t.dim() != 4:
+        raise ValueError(f"{where}: expected a (B, C, H, W) or (C, H, W) tensor, got shape {tuple(t.shape)}")
+    if t.shape[0] == 0:
+        raise ValueError(f"{where}: empty batch")
+    if t.dtype == torch.uint8:
+        t = t.float() / 255.0
+    elif t.is_floating_point():
+        t = t.float()
+    else:
+        raise ValueError(f"{where}: tensors must be uint8 (0..255) or float (0..1), got {t.dtype}")
+    return [_fix_channels(x, where) for x in t.cpu()]
+
+
+def _check_range(t: torch.Tensor, where: str) -> torch.Tensor:
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{where}: image contains NaN or inf")
+    lo, hi = float(t.min()), float(t.max())
+    if lo < -0.01 or hi > 1.01:
+        raise ValueError(f"{where}: float images must be in [0, 1], got values in [{lo:.3g}, {hi:.3g}] "
+                         "(pass uint8 for 0..255 data)")
+    return t.clamp(0, 1)
+
+
+def to_image_list(images, what: str = "images") -> tuple[list[torch.Tensor], list[str | None]]:
+    """Any supported input -> (list of float (3, H, W) tensors in [0, 1], list of source names or None)."""
+    if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
+        images = [images]
+    elif isinstance(images, torch.Tensor):
+        tensors = _tensor_to_chw_list(images, what)
+        return [_check_range(t, f"{what}[{i}]") for i, t in enumerate(tensors)], [None] * len(tensors)
+    items = list(images)
+    if not items:
+        raise ValueError(f"{what}: empty input (no images)")
+    out, names = [], []
+    for i, item in enumerate(items):
+        where = f"{what}[{i}]"
+        if isinstance(item, (str, os.PathLike)):
+            out.append(_array_to_chw(read_image(item), str(item)))
+            names.append(str(item))
+            continue
+        if isinstance(item, Image.Image):
+            t = _array_to_chw(_pixels_to_rgb(ImageOps.exif_transpose(item)), where)
+        elif isinstance(item, np.ndarray):
+            t = _array_to_chw(item, where)
+        elif isinstance(item, torch.Tensor):
+            if item.dim() != 3:
+                raise ValueError(f"{where}: expected a (C, H, W) tensor, got shape {tuple(item.shape)}")
+            t = _tensor_to_chw_list(item, where)[0]
+        else:
+            raise ValueError(f"{where}: unsupported input type {type(item).__name__} "
+                             "(use paths, PIL images, numpy arrays or tensors)")
+        out.append(_check_range(t, where))
+        names.append(None)
+    return out, names
+
+
+def resize_batch(images: Sequence[torch.Tensor], size: int | tuple[int, int]) -> torch.Tensor:
+    """Stack (3, H, W) float images into (B, 3, S, S), resized with antialiased bilinear interpolation."""
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    out = []
+    for t in images:
+        if tuple(t.shape[-2:]) != size:
+            t = F.interpolate(t[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+        out.append(t)
+    return torch.stack(out).clamp_(0, 1)
+
+
+def load_resized(paths: Iterable[Path], size: int, progress: bool = False) -> torch.Tensor:
+    """Decode and resize image files to a uint8 (N, 3, S, S) tensor (compact enough to keep in memory)."""
+    from tqdm.auto import tqdm
+
+    paths = list(paths)
+    out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
+    for i, p in enumerate(tqdm(paths, desc="loading images", disable=not progress or len(paths) < 50, leave=False)):
+        t = _array_to_chw(read_image(p), str(p))
+        out[i] = (resize_batch([t], size)[0] * 255).round().to(torch.uint8)
+    return out

@@ -1,0 +1,316 @@
+"""Detector: the public MSFD model (fit / predict / calibrate / save / load)."""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import anomaly_map as ref
+from . import ops
+from ._version import __version__
+from .backbones import build_student, build_teacher, default_layers, normalization
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import is_mvtec_category, load_resized, resize_batch, to_image_list, training_paths
+from .errors import CheckpointError, DataError
+from .train import TrainConfig, TrainHistory, distill
+
+RUNTIMES = ("auto", "torch")
+PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+LAYER_WEIGHT_QUANTILE = 0.99
+
+
+@dataclass
+class Prediction:
+    """Results of Detector.predict for a batch of B images."""
+    heatmaps: torch.Tensor            # (B, S, S) float32 at the detector's image_size
+    scores: torch.Tensor              # (B,) float32
+    labels: torch.Tensor | None       # (B,) bool: score > threshold (None when not calibrated)
+    masks: torch.Tensor | None        # (B, S, S) bool: heatmap > threshold (None when not calibrated)
+    sizes: list[tuple[int, int]]      # original (H, W) of each input
+    names: list[str | None]           # file paths where the inputs were files
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def heatmap_at_input_size(self, i: int) -> torch.Tensor:
+        """Heatmap i resized (bilinear) to its input's original size."""
+        h, w = self.sizes[i]
+        return F.interpolate(self.heatmaps[i][None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+
+
+def _as_u8(images: Sequence[torch.Tensor], size: int) -> torch.Tensor:
+    return (resize_batch(images, size) * 255).round().to(torch.uint8)
+
+
+class Detector(nn.Module):
+    """Multi-Scale Feature Distillation anomaly detector.
+
+    A frozen ImageNet teacher and a same-architecture student; where their features disagree, the input is
+    anomalous. Fit on defect-free images only.
+    """
+
+    def __init__(self, backbone: str = "efficientnet_lite0", layers: Sequence[str] | None = None,
+                 image_size: int = 256, device: str | torch.device = "cpu", weights: Any = None,
+                 runtime: str = "auto", precision: str = "float32", alpha: float = 1.0, beta: float = 1.0,
+                 sigma_factor: float = ref.DEFAULT_SIGMA_FACTOR, aggregate: str = "sum",
+                 score_topk: float | None = None, blur_sigma: float | None = None, download: bool = False,
+                 ops_backend: str = "auto"):
+        super().__init__()
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
+        if not isinstance(image_size, int) or image_size < 32:
+            raise ValueError(f"image_size must be an int >= 32, got {image_size!r}")
+        if aggregate not in ref.AGGREGATIONS:
+            raise ValueError(f"aggregate must be one of {ref.AGGREGATIONS}, got {aggregate!r}")
+        layers = tuple(layers) if layers else default_layers(backbone)
+        self.teacher = build_teacher(backbone, layers, weights=weights, download=download)
+        self.student = build_student(backbone, layers)
+        self.layers = tuple(self.teacher.layers)
+        self.config: dict[str, Any] = dict(
+            backbone=backbone, layers=list(self.layers), image_size=image_size, precision=precision,
+            alpha=alpha, beta=beta, sigma_factor=sigma_factor, aggregate=aggregate, score_topk=score_topk,
+            blur_sigma=blur_sigma, random_teacher=isinstance(weights, str) and weights == "random")
+        mean, std = normalization(backbone)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+        self.register_buffer("layer_weights", torch.ones(len(self.layers)))
+        self.register_buffer("threshold", torch.tensor(float("nan")))
+        self.runtime = "torch"
+        self.ops_backend = ops_backend
+        self.history: TrainHistory | None = None
+        self.fitted = False
+        self.student.eval()
+        self.to(device)
+
+    # ---- properties ----------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    @property
+    def image_size(self) -> int:
+        return int(self.config["image_size"])
+
+    def extra_repr(self) -> str:
+        thr = float(self.threshold)
+        state = "fitted" if self.fitted else "not fitted"
+        return (f"backbone={self.config['backbone']}, layers={list(self.layers)}, image_size={self.image_size}, "
+                f"aggregate={self.config['aggregate']}, precision={self.config['precision']}, {state}, "
+                f"threshold={'unset' if math.isnan(thr) else f'{thr:.4g}'}")
+
+    def __repr__(self) -> str:  # a one-line summary, not the whole network
+        return f"Detector({self.extra_repr()})"
+
+    # ---- the network ---------------------------------------------------------------------------------
+    def _prepare(self, images_u8: torch.Tensor) -> torch.Tensor:
+        x = images_u8.to(self.device, non_blocking=True).float().div_(255.0)
+        return (x - self.mean) / self.std
+
+    def _autocast(self):
+        dtype = PRECISIONS[self.config["precision"]]
+        enabled = dtype != torch.float32
+        return torch.autocast(self.device.type, dtype=dtype, enabled=enabled)
+
+    def features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Teacher and student features of normalised images (B, 3, S, S)."""
+        with self._autocast():
+            return self.teacher(x), self.student(x)
+
+    def _sigmas(self, feats: Sequence[torch.Tensor]) -> list[float]:
+        S = self.image_size
+        return ref.default_sigmas([tuple(f.shape[-2:]) for f in feats], (S, S), self.config["sigma_factor"])
+
+    def anomaly_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t, s = self.features(x)
+        S = self.image_size
+        return ops.anomaly_map(t, s, (S, S), layer_weights=self.layer_weights.tolist(), alpha=self.config["alpha"],
+                               beta=self.config["beta"], sigmas=self._sigmas(t), aggregate=self.config["aggregate"],
+                               topk=self.config["score_topk"], blur_sigma=self.config["blur_sigma"],
+                               backend=self.ops_backend)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, H, W) float images in [0, 1] -> heatmaps (B, S, S) and scores (B,). Resizes when H, W != S."""
+        S = self.image_size
+        if tuple(images.shape[-2:]) != (S, S):
+            images = F.interpolate(images, size=(S, S), mode="bilinear", antialias=True, align_corners=False)
+        return self.anomaly_maps((images - self.mean) / self.std)
+
+    # ---- fitting -------------------------------------------------------------------------------------
+    def _normal_images_u8(self, source, progress: bool) -> torch.Tensor:
+        S = self.image_size
+        if isinstance(source, torch.utils.data.DataLoader):
+            chunks = []
+            for batch in source:
+                batch = batch[0] if isinstance(batch, (tuple, list)) else batch
+                chunks.append(_as_u8(to_image_list(batch, "DataLoader batch")[0], S))
+            if not chunks:
+                raise DataError("fit: the DataLoader yielded no batches")
+            return torch.cat(chunks)
+        if isinstance(source, (str, os.PathLike)):
+            path = Path(source)
+            if not path.exists():
+                raise DataError(f"{path}: folder not found")
+            paths = training_paths(path) if path.is_dir() else [path]
+            return load_resized(paths, S, progress)
+        if isinstance(source, (list, tuple)) and source and all(isinstance(p, (str, os.PathLike)) for p in source):
+            return load_resized([Path(p) for p in source], S, progress)
+        return _as_u8(to_image_list(source, "fit images")[0], S)
+
+    def fit(self, source, epochs: int = 40, batch_size: int = 8, lr: float = 3e-3, val_fraction: float = 0.1,
+            seed: int = 0, progress: bool = True, calibrate_quantile: float = 0.99, **train_kwargs) -> "Detector":
+        """Train the student on normal images: a folder, an MVTec category folder (uses train/good), a list of
+        paths, a tensor/array batch or a DataLoader. A held-out part (val_fraction) of them drives early
+        stopping, the per-layer weights and the default threshold. Returns self."""
+        images = self._normal_images_u8(source, progress)
+        n = len(images)
+        if n < 2:
+            raise DataError(f"fit needs at least 2 normal images, got {n}")
+        gen = torch.Generator().manual_seed(seed)
+        order = torch.randperm(n, generator=gen)
+        n_val = min(max(1, round(n * val_fraction)), n - 2) if n >= 5 else 0
+        val = images[order[:n_val]] if n_val else images
+        train = images[order[n_val:]]
+        cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, alpha=self.config["alpha"],
+                          beta=self.config["beta"], seed=seed, progress=progress, **train_kwargs)
+        self.layer_weights.fill_(1.0)
+        self.teacher.fit_statistics(self._prepare(train[i:i + 32]) for i in range(0, len(train), 32))
+        self.history = distill(self.teacher, self.student, train, val, self._prepare, cfg)
+        self.student.eval()
+        self._set_layer_weights(val)
+        self.fitted = True
+        self.calibrate(val, quantile=calibrate_quantile)
+        self.config.update(n_train=len(train), n_val=n_val, epochs_run=len(self.history.val_loss),
+                           fit_seconds=round(self.history.seconds, 2))
+        return self
+
+    @torch.no_grad()
+    def _set_layer_weights(self, images_u8: torch.Tensor) -> None:
+        """w_l = 1 / (99th percentile of layer l's cell distances on held-out normal images): each layer's
+        normal range maps to about 1, so no single scale dominates the sum."""
+        per_layer: list[list[torch.Tensor]] = [[] for _ in self.layers]
+        for i in range(0, len(images_u8), 16):
+            t, s = self.features(self._prepare(images_u8[i:i + 16]))
+            for l, (tl, sl) in enumerate(zip(t, s)):
+                per_layer[l].append(ref.combined_distance(tl, sl, self.config["alpha"], self.config["beta"]).flatten())
+        q = [float(np.quantile(torch.cat(d).float().cpu().numpy(), LAYER_WEIGHT_QUANTILE)) for d in per_layer]
+        self.layer_weights.copy_(torch.tensor([1.0 / max(v, 1e-12) for v in q]))
+
+    # ---- inference -----------------------------------------------------------------------------------
+    def _batches(self, images, batch_size: int):
+        """Yield (uint8 batch at image_size, original sizes, names); decodes files one batch at a time."""
+        if isinstance(images, (str, os.PathLike)) and Path(images).is_dir():
+            from .data import list_images
+
+            images = list_images(images)
+        if isinstance(images, torch.Tensor):
+            if images.dim() == 3:
+                images = images[None]
+            chunks = [images[i:i + batch_size] for i in range(0, len(images), batch_size)] or [images]
+        elif isinstance(images, (list, tuple)):
+            chunks = [images[i:i + batch_size] for i in range(0, len(images), batch_size)] or [images]
+        else:
+            chunks = [images]
+        for chunk in chunks:
+            ims, names = to_image_list(chunk)
+            yield _as_u8(ims, self.image_size), [tuple(t.shape[-2:]) for t in ims], names
+
+    @torch.no_grad()
+    def predict(self, images, batch_size: int = 16, progress: bool = False) -> Prediction:
+        """Heatmaps and scores for paths, a folder, PIL images, uint8 arrays or float tensors of any size."""
+        from tqdm.auto import tqdm
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        was_training = self.training
+        self.eval()
+        heats, scores, sizes, names = [], [], [], []
+        for u8, sz, nm in tqdm(self._batches(images, batch_size), desc="predicting", disable=not progress):
+            h, s = self.anomaly_maps(self._prepare(u8))
+            heats.append(h.float().cpu())
+            scores.append(s.float().cpu())
+            sizes += sz
+            names += nm
+        self.train(was_training)
+        heat, score = torch.cat(heats), torch.cat(scores)
+        thr = float(self.threshold)
+        labels = masks = None
+        if not math.isnan(thr):
+            labels, masks = score > thr, heat > thr
+        return Prediction(heat, score, labels, masks, sizes, names)
+
+    def train(self, mode: bool = True) -> "Detector":
+        super().train(mode)
+        self.teacher.eval()  # the teacher is frozen: its BatchNorm statistics never change
+        return self
+
+    @torch.no_grad()
+    def calibrate(self, normal_images, quantile: float = 0.99, batch_size: int = 16) -> float:
+        """Set the threshold from defect-free images only: the `quantile` of their scores. About
+        (1 - quantile) of normal parts will then be flagged; labels are score > threshold."""
+        if not 0 < quantile <= 1:
+            raise ValueError(f"quantile must be in (0, 1], got {quantile}")
+        if isinstance(normal_images, torch.Tensor) and normal_images.dtype == torch.uint8 \
+                and normal_images.dim() == 4 and normal_images.shape[-1] == self.image_size:
+            scores = torch.cat([self.anomaly_maps(self._prepare(normal_images[i:i + batch_size]))[1].float().cpu()
+                                for i in range(0, len(normal_images), batch_size)])
+        else:
+            scores = self.predict(normal_images, batch_size=batch_size).scores
+        if not torch.isfinite(scores).all():
+            raise ValueError("calibrate: some normal images gave NaN/inf scores")
+        thr = float(torch.quantile(scores.double(), quantile))
+        self.threshold.fill_(thr)
+        self.config["calibration"] = {"quantile": quantile, "n_images": len(scores)}
+        return thr
+
+    # ---- persistence ---------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """Write a self-contained .fastmsfd file (teacher, student, config, preprocessing, weights, threshold)."""
+        tensors = {f"teacher.{k}": v for k, v in self.teacher.state_dict().items()}
+        tensors.update({f"student.{k}": v for k, v in self.student.state_dict().items()})
+        tensors.update(layer_weights=self.layer_weights, threshold=self.threshold.reshape(1),
+                       mean=self.mean, std=self.std)
+        config = dict(self.config, fitted=self.fitted, fastmsfd_version=__version__)
+        save_checkpoint(path, tensors, config)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, runtime: str = "auto", device: str | torch.device = "cpu",
+             ops_backend: str = "auto") -> "Detector":
+        tensors, config = load_checkpoint(path)
+        known = ("backbone", "layers", "image_size", "precision", "alpha", "beta", "sigma_factor", "aggregate",
+                 "score_topk", "blur_sigma")
+        missing = [k for k in known if k not in config]
+        if missing:
+            raise CheckpointError(f"{path}: configuration lacks {missing}")
+        try:
+            with warnings.catch_warnings():  # random init is immediately overwritten by the file's weights
+                warnings.simplefilter("ignore")
+                det = cls(**{k: config[k] for k in known}, weights="random", runtime=runtime, device="cpu",
+                          ops_backend=ops_backend)
+        except ValueError as exc:
+            raise CheckpointError(f"{path}: configuration not usable by this fastmsfd ({exc})") from None
+        for name, module in (("teacher", det.teacher), ("student", det.student)):
+            state = {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")}
+            try:
+                module.load_state_dict(state, strict=True)
+            except RuntimeError as exc:
+                raise CheckpointError(f"{path}: {name} weights do not match backbone "
+                                      f"{config['backbone']} {config['layers']} ({str(exc)[:200]})") from None
+        for name in ("layer_weights", "mean", "std"):
+            if name not in tensors or tensors[name].shape != getattr(det, name).shape:
+                raise CheckpointError(f"{path}: {name} missing or of the wrong shape")
+            getattr(det, name).copy_(tensors[name])
+        det.threshold.fill_(float(tensors["threshold"][0]) if "threshold" in tensors else float("nan"))
+        det.config.update({k: v for k, v in config.items() if k not in known})
+        det.config["random_teacher"] = bool(config.get("random_teacher", False))
+        det.fitted = bool(config.get("fitted", True))
+        return det.to(device)

@@ -1,0 +1,133 @@
+"""The distillation loop: the student learns to reproduce the frozen teacher's features on normal images.
+
+Adam with a cosine schedule, gradient clipping, early stopping on held-out normal images (never test labels),
+and a divergence guard that rolls back to the last good state and halves the learning rate.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from . import ops
+from .errors import TrainingDivergedError
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 40
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    grad_clip: float = 5.0
+    patience: int = 8           # epochs without a better held-out loss before stopping
+    alpha: float = 1.0
+    beta: float = 1.0
+    seed: int = 0
+    progress: bool = True
+    max_rollbacks: int = 3
+
+
+@dataclass
+class TrainHistory:
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    best_epoch: int = -1
+    rollbacks: int = 0
+    seconds: float = 0.0
+    stopped_early: bool = False
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator | None):
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    for i in range(0, n, batch_size):
+        yield order[i:i + batch_size]
+
+
+@torch.no_grad()
+def held_out_loss(teacher: nn.Module, student: nn.Module, images_u8: torch.Tensor, prepare: Callable,
+                  cfg: TrainConfig, batch_size: int = 16) -> float:
+    was_training = student.training
+    student.eval()
+    total, count = 0.0, 0
+    for idx in _batches(len(images_u8), batch_size, None):
+        x = prepare(images_u8[idx])
+        loss = ops.distill_loss(teacher(x), student(x), cfg.alpha, cfg.beta)
+        total += float(loss) * len(idx)
+        count += len(idx)
+    student.train(was_training)
+    return total / max(count, 1)
+
+
+def distill(teacher: nn.Module, student: nn.Module, train_u8: torch.Tensor, val_u8: torch.Tensor,
+            prepare: Callable[[torch.Tensor], torch.Tensor], cfg: TrainConfig) -> TrainHistory:
+    """Train `student` in place; on return it holds the state with the best held-out loss."""
+    from tqdm.auto import tqdm
+
+    start = time.perf_counter()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    teacher.eval()
+    student.train()
+    opt = torch.optim.Adam(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(train_u8) / cfg.batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs * steps_per_epoch))
+    hist = TrainHistory()
+    best_state, best_val = copy.deepcopy(student.state_dict()), math.inf
+    good_state = (copy.deepcopy(student.state_dict()), copy.deepcopy(opt.state_dict()))
+    bar = tqdm(total=cfg.epochs, desc="fitting", unit="epoch", disable=not cfg.progress)
+    epoch = 0
+    while epoch < cfg.epochs:
+        running, seen, diverged = 0.0, 0, False
+        for idx in _batches(len(train_u8), cfg.batch_size, gen):
+            if len(idx) < 2 and len(train_u8) > 1:
+                continue  # BatchNorm needs two samples; the last lone image is seen in other epochs
+            x = prepare(train_u8[idx])
+            with torch.no_grad():
+                t_feats = teacher(x)
+            loss = ops.distill_loss(t_feats, student(x), cfg.alpha, cfg.beta)
+            value = float(loss.detach())
+            if not math.isfinite(value) or (hist.train_loss and value > 1e3 * max(hist.train_loss[0], 1e-3)):
+                diverged = True
+                break
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            running += value * len(idx)
+            seen += len(idx)
+        if diverged:
+            hist.rollbacks += 1
+            if hist.rollbacks > cfg.max_rollbacks:
+                bar.close()
+                raise TrainingDivergedError(f"distillation loss diverged {hist.rollbacks} times even after "
+                                            "rolling back and halving the learning rate; try a lower lr")
+            student.load_state_dict(good_state[0])
+            opt.load_state_dict(good_state[1])
+            for group in opt.param_groups:
+                group["lr"] *= 0.5
+            continue  # redo this epoch from the last good state
+        hist.train_loss.append(running / max(seen, 1))
+        val = held_out_loss(teacher, student, val_u8, prepare, cfg)
+        hist.val_loss.append(val)
+        good_state = (copy.deepcopy(student.state_dict()), copy.deepcopy(opt.state_dict()))
+        if val < best_val:
+            best_val, hist.best_epoch = val, epoch
+            best_state = copy.deepcopy(student.state_dict())
+        bar.set_postfix(loss=f"{hist.train_loss[-1]:.4f}", val=f"{val:.4f}")
+        bar.update(1)
+        epoch += 1
+        if epoch - 1 - hist.best_epoch >= cfg.patience:
+            hist.stopped_early = True
+            break
+    bar.close()
+    student.load_state_dict(best_state)
+    student.eval()
+    hist.seconds = time.perf_counter() - start
+    return hist

@@ -1,0 +1,195 @@
+"""Detector: fit on every source kind, predict on every input kind, calibrate, save/load round trip,
+checkpoint corruption and atomic writes."""
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fastmsfd import Detector
+from fastmsfd.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
+from fastmsfd.errors import CheckpointError, DataError
+
+SIZE = 64
+
+
+def _images(n, seed=0, size=48):
+    """Smooth random textures (normal) as uint8 (n, 3, size, size)."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(n, 3, 6, 6, generator=g)
+    x = torch.nn.functional.interpolate(low, size=(size, size), mode="bicubic", align_corners=False)
+    return (x.clamp(0, 1) * 255).to(torch.uint8)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    torch.manual_seed(0)
+    return Detector(image_size=SIZE).fit(_images(12), epochs=2, batch_size=4, progress=False)
+
+
+def test_fit_sets_weights_threshold_and_history(fitted):
+    assert fitted.fitted and len(fitted.history.val_loss) == 2
+    assert torch.isfinite(fitted.layer_weights).all() and (fitted.layer_weights > 0).all()
+    assert np.isfinite(float(fitted.threshold))
+    assert "efficientnet_lite0" in repr(fitted) and "fitted" in repr(fitted)
+
+
+def test_teacher_stays_frozen_after_fit(fitted):
+    assert not any(p.requires_grad for p in fitted.teacher.parameters())
+    assert not fitted.teacher.training
+
+
+def test_predict_accepts_every_input_kind(fitted, tmp_path):
+    u8 = _images(3, seed=5, size=40)
+    arrays = [x.permute(1, 2, 0).numpy() for x in u8]
+    paths = []
+    for i, a in enumerate(arrays):
+        Image.fromarray(a).save(tmp_path / f"{i}.png")
+        paths.append(tmp_path / f"{i}.png")
+    ref = fitted.predict(u8)
+    for inp in (u8.float() / 255, arrays, [Image.fromarray(a) for a in arrays], paths, [str(p) for p in paths],
+                tmp_path):
+        pred = fitted.predict(inp, batch_size=2)
+        torch.testing.assert_close(pred.scores, ref.scores, rtol=1e-4, atol=1e-5)
+    assert ref.heatmaps.shape == (3, SIZE, SIZE) and ref.heatmaps.dtype == torch.float32
+    assert ref.labels.dtype == torch.bool and ref.masks.shape == (3, SIZE, SIZE)
+    assert fitted.predict(paths).names == [str(p) for p in paths]
+
+
+def test_predict_any_size_and_heatmap_at_input_size(fitted, rng):
+    imgs = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for h, w in ((30, 90), (101, 37), (64, 64))]
+    pred = fitted.predict(imgs)
+    assert pred.sizes == [(30, 90), (101, 37), (64, 64)]
+    assert pred.heatmap_at_input_size(1).shape == (101, 37)
+
+
+def test_predict_bad_tensors_raise(fitted):
+    with pytest.raises(ValueError, match="NaN"):
+        fitted.predict(torch.full((1, 3, 8, 8), float("nan")))
+    with pytest.raises(ValueError, match="empty"):
+        fitted.predict([])
+
+
+def test_batch_size_does_not_change_results(fitted):
+    x = _images(5, seed=3)
+    a, b = fitted.predict(x, batch_size=1), fitted.predict(x, batch_size=5)
+    torch.testing.assert_close(a.heatmaps, b.heatmaps, rtol=1e-4, atol=1e-5)
+
+
+def test_calibrate_is_a_quantile_of_normal_scores(fitted):
+    x = _images(20, seed=7)
+    scores = fitted.predict(x).scores
+    thr = fitted.calibrate(x, quantile=0.9)
+    assert thr == pytest.approx(float(torch.quantile(scores.double(), 0.9)), rel=1e-6)
+    flagged = fitted.predict(x).labels.float().mean().item()
+    assert 0 < flagged <= 0.15  # an all-normal set is never flagged wholesale
+    assert fitted.calibrate(x, quantile=1.0) == pytest.approx(scores.max().item(), rel=1e-6)
+    assert not fitted.predict(x).labels.any()
+    with pytest.raises(ValueError, match="quantile"):
+        fitted.calibrate(x, quantile=0)
+
+
+def test_save_load_round_trip_identical(fitted, tmp_path):
+    path = tmp_path / "m.fastmsfd"
+    fitted.save(path)
+    loaded = Detector.load(path)
+    x = _images(4, seed=11)
+    a, b = fitted.predict(x), loaded.predict(x)
+    assert torch.equal(a.heatmaps, b.heatmaps) and torch.equal(a.scores, b.scores)
+    assert float(loaded.threshold) == float(fitted.threshold)
+    assert loaded.config["backbone"] == "efficientnet_lite0" and loaded.fitted
+    assert not any(p.requires_grad for p in loaded.teacher.parameters())
+
+
+def test_corrupt_checkpoints_give_clear_errors(fitted, tmp_path):
+    path = tmp_path / "m.fastmsfd"
+    fitted.save(path)
+    data = path.read_bytes()
+    (tmp_path / "trunc.fastmsfd").write_bytes(data[: len(data) // 2])
+    flipped = bytearray(data)
+    flipped[-100] ^= 0x01
+    (tmp_path / "flip.fastmsfd").write_bytes(bytes(flipped))
+    (tmp_path / "text.fastmsfd").write_text("not a model")
+    for name, match in (("trunc", "truncated or corrupt"), ("flip", "checksum"), ("text", "corrupt"),
+                        ("missing", "not found")):
+        with pytest.raises(CheckpointError, match=match) as err:
+            Detector.load(tmp_path / f"{name}.fastmsfd")
+        assert name in str(err.value)
+
+
+def test_newer_format_version_is_refused(tmp_path):
+    path = tmp_path / "new.fastmsfd"
+    save_checkpoint(path, {"x": torch.zeros(1)}, {})
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = dict(f.metadata())
+    meta["format_version"] = str(FORMAT_VERSION + 1)
+    save_file(load_file(str(path)), str(path), metadata=meta)
+    with pytest.raises(CheckpointError, match="upgrade"):
+        load_checkpoint(path)
+
+
+def test_checkpoint_for_another_backbone_is_refused(fitted, tmp_path):
+    path = tmp_path / "m.fastmsfd"
+    fitted.save(path)
+    tensors, config = load_checkpoint(path)
+    config["backbone"] = "efficientnet_lite1"
+    save_checkpoint(path, tensors, config)
+    with pytest.raises(CheckpointError, match="efficientnet_lite1"):
+        Detector.load(path)
+
+
+def test_pickle_checkpoint_never_executes(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.fastmsfd"
+    path.write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(CheckpointError):
+        Detector.load(path)
+    assert not marker.exists()
+
+
+def test_failed_save_leaves_old_file_and_no_partial(fitted, tmp_path, monkeypatch):
+    path = tmp_path / "m.fastmsfd"
+    fitted.save(path)
+    before = path.read_bytes()
+    import safetensors.torch
+
+    def broken(tensors, filename, metadata=None):
+        with open(filename, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", broken)
+    with pytest.raises(OSError, match="disk full"):
+        fitted.save(path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.fastmsfd"]
+
+
+def test_fit_sources(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        Detector(image_size=SIZE).fit(tmp_path / "nope", epochs=1, progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no images"):
+        Detector(image_size=SIZE).fit(tmp_path / "empty", epochs=1, progress=False)
+    cat = tmp_path / "cat" / "train" / "good"
+    cat.mkdir(parents=True)
+    for i, x in enumerate(_images(6)):
+        Image.fromarray(x.permute(1, 2, 0).numpy()).save(cat / f"{i}.png")
+    (cat / "broken.png").write_text("oops")
+    with pytest.raises(ValueError, match="broken.png"):
+        Detector(image_size=SIZE).fit(tmp_path / "cat", epochs=1, progress=False)
+    (cat / "broken.png").unlink()
+    det = Detector(image_size=SIZE).fit(tmp_path / "cat", epochs=1, progress=False)
+    assert det.config["n_train"] + det.config["n_val"] == 6
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(_images(6)), batch_size=3)
+    assert Detector(image_size=SIZE).fit(loader, epochs=1, progress=False).fitted

@@ -1,0 +1,117 @@
+"""The reference implementation against brute-force NumPy (tests/brute_force.py) on small random inputs:
+odd sizes, borders, truncation. Tolerance: 1e-5 relative (float32 reference vs float64 brute force)."""
+import numpy as np
+import pytest
+import torch
+
+from fastmsfd import anomaly_map as ref
+from fastmsfd import ops
+
+from . import brute_force as bf
+
+RTOL, ATOL = 1e-5, 1e-6
+
+
+def _feats(rng, B, C, h, w):
+    return (rng.standard_normal((B, C, h, w)).astype(np.float32),
+            rng.standard_normal((B, C, h, w)).astype(np.float32))
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 5, 7), (3, 17, 4, 1), (1, 64, 3, 3)])
+@pytest.mark.parametrize("alpha,beta", [(1.0, 1.0), (0.0, 1.0), (2.5, 0.0), (0.3, 1.7)])
+def test_combined_distance_matches_brute_force(rng, shape, alpha, beta):
+    t, s = _feats(rng, *shape)
+    got = ref.combined_distance(torch.from_numpy(t), torch.from_numpy(s), alpha, beta).numpy()
+    np.testing.assert_allclose(got, bf.distance(t, s, alpha, beta), rtol=RTOL, atol=ATOL)
+
+
+def test_distance_of_zero_vectors_uses_eps_not_nan():
+    z = torch.zeros(1, 4, 2, 2)
+    d = ref.combined_distance(z, z)
+    assert torch.isfinite(d).all() and torch.allclose(d, torch.ones_like(d))  # cos term: 1 - 0/eps^2 = 1
+
+
+@pytest.mark.parametrize("out_len,n,sigma,radius", [
+    (16, 4, 4.0, None), (17, 5, 2.0, None), (7, 7, 0.6, None), (32, 3, 1.0, None),  # tiny sigma: r floor
+    (20, 6, 3.0, 2.0), (9, 2, 10.0, 4.0), (5, 1, 1.0, None), (1, 1, 1.0, None), (64, 8, 8.0, 0.0)])
+def test_gaussian_matrix_matches_brute_force(out_len, n, sigma, radius):
+    got = ref.gaussian_matrix(out_len, n, sigma, radius).numpy()
+    want = bf.gaussian(out_len, n, sigma, radius)
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=1e-7)
+    np.testing.assert_allclose(got.sum(1), 1.0, rtol=1e-6)
+
+
+def test_gaussian_truncation_and_every_row_sees_a_cell():
+    G = ref.gaussian_matrix(32, 4, sigma=1.0).numpy()  # spacing 8: 3 sigma < half spacing, floor applies
+    assert (G > 0).sum(1).min() >= 1
+    # beyond max(3 sigma, spacing/2) = 4 pixels from a centre, the weight is exactly zero
+    centres = (np.arange(4) + 0.5) * 8 - 0.5
+    far = np.abs(np.arange(32)[:, None] - centres[None]) > 4
+    assert (G[far] == 0).all()
+
+
+def test_gaussian_matrix_tiny_sigma_does_not_underflow():
+    G = ref.gaussian_matrix(64, 4, sigma=0.05).numpy()
+    assert np.isfinite(G).all()
+    np.testing.assert_allclose(G.sum(1), 1.0, rtol=1e-6)
+
+
+def test_gaussian_matrix_rejects_bad_sigma():
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="sigma"):
+            ref.gaussian_matrix(8, 2, bad)
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max", "product"])
+@pytest.mark.parametrize("case", [
+    dict(B=2, layers=[(3, 4, 4), (5, 2, 2)], out=(8, 8)),
+    dict(B=1, layers=[(4, 3, 5), (2, 2, 3), (3, 1, 1)], out=(9, 11)),
+    dict(B=3, layers=[(6, 5, 3)], out=(10, 7)),
+])
+def test_anomaly_map_matches_brute_force(rng, mode, case):
+    B, (H, W) = case["B"], case["out"]
+    T, S, maps = [], [], []
+    weights = list(rng.uniform(0.2, 2.0, len(case["layers"])))
+    sigmas = list(rng.uniform(0.7, 3.0, len(case["layers"])))
+    for (C, h, w), sg in zip(case["layers"], sigmas):
+        t, s = _feats(rng, B, C, h, w)
+        T.append(torch.from_numpy(t))
+        S.append(torch.from_numpy(s))
+        maps.append(bf.upsample(bf.distance(t, s, 1.0, 0.5), bf.gaussian(H, h, sg), bf.gaussian(W, w, sg)))
+    want = bf.aggregate(maps, weights, mode)
+    heat, score = ops.anomaly_map(T, S, (H, W), layer_weights=weights, alpha=1.0, beta=0.5, sigmas=sigmas,
+                                  aggregate=mode, backend="reference")
+    np.testing.assert_allclose(heat.numpy(), want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(score.numpy(), want.reshape(B, -1).max(1), rtol=1e-4, atol=1e-5)
+
+
+def test_topk_score_is_mean_of_top_fraction(rng):
+    heat = torch.from_numpy(rng.standard_normal((3, 10, 10)).astype(np.float32))
+    got = ref.image_score(heat, topk=0.05)
+    want = np.sort(heat.numpy().reshape(3, -1), axis=1)[:, -5:].mean(1)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max", "product"])
+def test_final_blur_equals_blurring_the_heatmap(rng, mode):
+    """Folding the blur into G (sum/mean) must equal blurring the aggregated heatmap afterwards."""
+    T = [torch.randn(2, 4, 4, 4), torch.randn(2, 3, 2, 2)]
+    S = [torch.randn(2, 4, 4, 4), torch.randn(2, 3, 2, 2)]
+    kw = dict(layer_weights=[1.0, 0.5], sigmas=[2.0, 4.0], aggregate=mode, backend="reference")
+    plain, _ = ops.anomaly_map(T, S, (16, 16), **kw)
+    blurred, _ = ops.anomaly_map(T, S, (16, 16), blur_sigma=1.5, **kw)
+    B = torch.from_numpy(bf.gaussian(16, 16, 1.5)).float()
+    np.testing.assert_allclose(blurred.numpy(), (B @ plain @ B.T).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_distill_loss_value_and_gradient(rng):
+    shapes = [(2, 5, 3, 3), (2, 7, 2, 1)]
+    T = [torch.from_numpy(_feats(rng, *sh)[0]).double() for sh in shapes]
+    S = [torch.from_numpy(_feats(rng, *sh)[1]).double().requires_grad_() for sh in shapes]
+    loss = ops.distill_loss(T, S, alpha=0.7, beta=1.3, layer_weights=[1.0, 2.0], backend="reference")
+    want = sum(w * bf.distance(t.numpy(), s.detach().numpy(), 0.7, 1.3).mean()
+               for w, t, s in zip([1.0, 2.0], T, S))
+    assert abs(loss.item() - want) < 1e-9
+    assert torch.autograd.gradcheck(
+        lambda a, b: ops.distill_loss([T[0], T[1]], [a, b], 0.7, 1.3, [1.0, 2.0], backend="reference"),
+        (S[0], S[1]))
