@@ -122,7 +122,7 @@ class Detector(nn.Module):
         return torch.autocast(self.device.type, dtype=dtype, enabled=enabled)
 
     def features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Teacher and student features of normalised images (B, 3, S, S)."""
+        """Teacher and student features of normalised images (B, 3, S, S), under the chosen precision."""
         with self._autocast():
             return self.teacher(x), self.student(x)
 
@@ -184,7 +184,7 @@ class Detector(nn.Module):
                           beta=self.config["beta"], seed=seed, progress=progress, **train_kwargs)
         self.layer_weights.fill_(1.0)
         self.teacher.fit_statistics(self._prepare(train[i:i + 32]) for i in range(0, len(train), 32))
-        self.history = distill(self.teacher, self.student, train, val, self._prepare, cfg)
+        self.history = distill(self.teacher, self.student, self.features, train, val, self._prepare, cfg)
         self.student.eval()
         self._set_layer_weights(val)
         self.fitted = True

@@ -29,6 +29,7 @@ class TrainConfig:
     alpha: float = 1.0
     beta: float = 1.0
     seed: int = 0
+    augment: str | None = None  # None, "flip" (horizontal + vertical) or "dihedral" (flips and 90-degree turns)
     progress: bool = True
     max_rollbacks: int = 3
 
@@ -43,6 +44,29 @@ class TrainHistory:
     stopped_early: bool = False
 
 
+AUGMENTATIONS = (None, "flip", "dihedral")
+
+
+def augment_batch(x: torch.Tensor, mode: str | None, gen: torch.Generator) -> torch.Tensor:
+    """Random flips (and 90-degree turns for "dihedral") of a uint8 batch, one draw per image. Only for parts
+    whose normal appearance is symmetric that way (textures, round parts): elsewhere it teaches the student
+    that a mirrored part is normal."""
+    if mode is None:
+        return x
+    out = x.clone()
+    draws = torch.randint(0, 8 if mode == "dihedral" else 4, (len(x),), generator=gen)
+    for i, d in enumerate(draws.tolist()):
+        img = out[i]
+        if d & 1:
+            img = img.flip(-1)
+        if d & 2:
+            img = img.flip(-2)
+        if d & 4:
+            img = img.transpose(-1, -2)
+        out[i] = img.clone()
+    return out
+
+
 def _batches(n: int, batch_size: int, generator: torch.Generator | None):
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     for i in range(0, n, batch_size):
@@ -50,25 +74,28 @@ def _batches(n: int, batch_size: int, generator: torch.Generator | None):
 
 
 @torch.no_grad()
-def held_out_loss(teacher: nn.Module, student: nn.Module, images_u8: torch.Tensor, prepare: Callable,
+def held_out_loss(student: nn.Module, features: Callable, images_u8: torch.Tensor, prepare: Callable,
                   cfg: TrainConfig, batch_size: int = 16) -> float:
     was_training = student.training
     student.eval()
     total, count = 0.0, 0
     for idx in _batches(len(images_u8), batch_size, None):
-        x = prepare(images_u8[idx])
-        loss = ops.distill_loss(teacher(x), student(x), cfg.alpha, cfg.beta)
+        loss = ops.distill_loss(*features(prepare(images_u8[idx])), cfg.alpha, cfg.beta)
         total += float(loss) * len(idx)
         count += len(idx)
     student.train(was_training)
     return total / max(count, 1)
 
 
-def distill(teacher: nn.Module, student: nn.Module, train_u8: torch.Tensor, val_u8: torch.Tensor,
-            prepare: Callable[[torch.Tensor], torch.Tensor], cfg: TrainConfig) -> TrainHistory:
-    """Train `student` in place; on return it holds the state with the best held-out loss."""
+def distill(teacher: nn.Module, student: nn.Module, features: Callable, train_u8: torch.Tensor,
+            val_u8: torch.Tensor, prepare: Callable[[torch.Tensor], torch.Tensor], cfg: TrainConfig) -> TrainHistory:
+    """Train `student` in place; on return it holds the state with the best held-out loss.
+
+    features(x) -> (teacher feats, student feats) of a normalised batch; prepare(uint8 batch) -> normalised."""
     from tqdm.auto import tqdm
 
+    if cfg.augment not in AUGMENTATIONS:
+        raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {cfg.augment!r}")
     start = time.perf_counter()
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -87,10 +114,8 @@ def distill(teacher: nn.Module, student: nn.Module, train_u8: torch.Tensor, val_
         for idx in _batches(len(train_u8), cfg.batch_size, gen):
             if len(idx) < 2 and len(train_u8) > 1:
                 continue  # BatchNorm needs two samples; the last lone image is seen in other epochs
-            x = prepare(train_u8[idx])
-            with torch.no_grad():
-                t_feats = teacher(x)
-            loss = ops.distill_loss(t_feats, student(x), cfg.alpha, cfg.beta)
+            t_feats, s_feats = features(prepare(augment_batch(train_u8[idx], cfg.augment, gen)))
+            loss = ops.distill_loss(t_feats, s_feats, cfg.alpha, cfg.beta)
             value = float(loss.detach())
             if not math.isfinite(value) or (hist.train_loss and value > 1e3 * max(hist.train_loss[0], 1e-3)):
                 diverged = True
@@ -114,7 +139,7 @@ def distill(teacher: nn.Module, student: nn.Module, train_u8: torch.Tensor, val_
                 group["lr"] *= 0.5
             continue  # redo this epoch from the last good state
         hist.train_loss.append(running / max(seen, 1))
-        val = held_out_loss(teacher, student, val_u8, prepare, cfg)
+        val = held_out_loss(student, features, val_u8, prepare, cfg)
         hist.val_loss.append(val)
         good_state = (copy.deepcopy(student.state_dict()), copy.deepcopy(opt.state_dict()))
         if val < best_val:

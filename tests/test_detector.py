@@ -193,3 +193,13 @@ def test_fit_sources(tmp_path):
     assert det.config["n_train"] + det.config["n_val"] == 6
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(_images(6)), batch_size=3)
     assert Detector(image_size=SIZE).fit(loader, epochs=1, progress=False).fitted
+
+
+def test_dihedral_augmentation_draws_each_symmetry():
+    from fastmsfd.train import augment_batch
+
+    x = torch.arange(16, dtype=torch.uint8).view(1, 1, 4, 4).expand(64, 3, 4, 4).contiguous()
+    out = augment_batch(x, "dihedral", torch.Generator().manual_seed(0))
+    variants = {tuple(o[0].flatten().tolist()) for o in out}
+    assert len(variants) == 8  # the 8 symmetries of the square
+    assert torch.equal(augment_batch(x, None, torch.Generator()), x)
