@@ -38,8 +38,7 @@ def _build_detector(args):
     from . import Detector
 
     layers = args.layers.split(",") if args.layers else None
-    return Detector(backbone=args.backbone, layers=layers, image_size=args.image_size, weights=args.weights,
-                    score_topk=getattr(args, "score_topk", None))
+    return Detector(backbone=args.backbone, layers=layers, image_size=args.image_size, weights=args.weights)
 
 
 def _fit(det, data, args):

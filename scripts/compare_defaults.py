@@ -1,0 +1,87 @@
+"""Compare detector settings side by side on MVTec-layout data (the demo by default); prints a Markdown table.
+
+    .venv/bin/python scripts/compare_defaults.py                      # the demo textures, all variants
+    .venv/bin/python scripts/compare_defaults.py --data ../shared/data/mtd --max-train 200 --variants default,max
+
+Each row: one variant fitted and evaluated per category with the same seed; the numbers in docs/defaults.md
+come from this script.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+VARIANTS = {
+    "default": {},
+    "max score": {"score_topk": None},
+    "layers stage3-5": {"layers": ("stage3", "stage4", "stage5")},
+    "layers stage2-4 + stage6": {"layers": ("stage2", "stage3", "stage4", "stage6")},
+    "sigma x2": {"sigma_factor": 2.0},
+    "sigma x0.5": {"sigma_factor": 0.5},
+    "cosine only (alpha=0)": {"alpha": 0.0},
+    "L2 only (beta=0)": {"beta": 0.0},
+    "aggregate max": {"aggregate": "max"},
+}
+
+
+def categories(data: Path) -> list[Path]:
+    from fastmsfd.data import is_mvtec_category
+
+    if is_mvtec_category(data):
+        return [data]
+    cats = sorted(p for p in data.iterdir() if p.is_dir() and is_mvtec_category(p))
+    if not cats:
+        sys.exit(f"{data}: no MVTec-layout category (a folder with train/good) found")
+    return cats
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", help="MVTec-layout category or root (default: build the demo textures)")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names from: " +
+                    ", ".join(VARIANTS))
+    ap.add_argument("--image-size", type=int, default=128)
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--max-train", type=int, default=0, help="use at most this many training images (0: all)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", help="also write the rows here")
+    args = ap.parse_args()
+    warnings.filterwarnings("ignore")
+
+    from fastmsfd import Detector
+    from fastmsfd.data import training_paths
+    from fastmsfd.demo_data import make_demo_dataset
+    from fastmsfd.evaluate import evaluate_category
+
+    cats = categories(Path(args.data)) if args.data else make_demo_dataset(Path("demo_output") / "data")
+    rows = []
+    print(f"data: {', '.join(c.name for c in cats)}; image size {args.image_size}; epochs <= {args.epochs}; "
+          f"torch threads {torch.get_num_threads()}")
+    print("| variant | category | image AUROC | pixel AUROC | AUPRO | fit s |\n|---|---|---|---|---|---|")
+    for name in args.variants.split(","):
+        kw = VARIANTS[name]
+        for cat in cats:
+            train = training_paths(cat)
+            if args.max_train:
+                step = max(1, len(train) // args.max_train)
+                train = train[::step][: args.max_train]
+            t0 = time.perf_counter()
+            det = Detector(image_size=args.image_size, **kw).fit(train, epochs=args.epochs, seed=args.seed,
+                                                                  progress=False)
+            fit_s = time.perf_counter() - t0
+            m = evaluate_category(det, cat).metrics
+            rows.append(dict(variant=name, category=cat.name, fit_seconds=round(fit_s, 1), **m))
+            print(f"| {name} | {cat.name} | {m['image_auroc']:.3f} | {m['pixel_auroc']:.3f} | {m['aupro']:.3f} | "
+                  f"{fit_s:.0f} |", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
