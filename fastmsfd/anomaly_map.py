@@ -108,12 +108,14 @@ def image_score(heat: torch.Tensor, topk: float | None = None) -> torch.Tensor:
 def anomaly_map(teacher_feats: Sequence[torch.Tensor], student_feats: Sequence[torch.Tensor],
                 out_size: tuple[int, int], layer_weights: Sequence[float], alpha: float, beta: float,
                 sigmas: Sequence[float], radii: Sequence[float | None], aggregate_mode: str,
-                topk: float | None = None, blur_sigma: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The full fused op, unfused: heatmap (B, H, W) float32 and image score (B,). Arguments already validated."""
+                topk: float | None = None, blur_sigma: float | None = None,
+                distance=combined_distance) -> tuple[torch.Tensor, torch.Tensor]:
+    """The full fused op, unfused: heatmap (B, H, W) float32 and image score (B,). Arguments already validated.
+    `distance` lets a backend substitute its own per-layer distance kernel for combined_distance."""
     shapes = [tuple(t.shape[-2:]) for t in teacher_feats]
     fold = aggregate_mode in ("sum", "mean")
     mats = upsampling_matrices(shapes, out_size, sigmas, radii, blur_sigma, fold, teacher_feats[0].device)
-    maps = [upsample(combined_distance(t, s, alpha, beta), gr, gc)
+    maps = [upsample(distance(t, s, alpha, beta), gr, gc)
             for t, s, (gr, gc) in zip(teacher_feats, student_feats, mats)]
     heat = aggregate(maps, layer_weights, aggregate_mode)
     if blur_sigma and not fold:

@@ -20,17 +20,6 @@ def distance_map(t: torch.Tensor, s: torch.Tensor, alpha: float = 1.0, beta: flo
     return torch.ops.fastmsfd.distance_map(t, s, float(alpha), float(beta))
 
 
-def anomaly_map(teacher_feats, student_feats, out_size, weights, alpha, beta, sigmas, radii, aggregate,
-                topk=None, blur_sigma=None):
+def anomaly_map(*args, **kwargs):
     """Compiled per-layer distances; up-sampling and aggregation as in the reference."""
-    shapes = [tuple(t.shape[-2:]) for t in teacher_feats]
-    fold = aggregate in ("sum", "mean")
-    mats = ref.upsampling_matrices(shapes, out_size, sigmas, radii, blur_sigma, fold, teacher_feats[0].device)
-    maps = [ref.upsample(distance_map(t, s, alpha, beta), gr, gc)
-            for t, s, (gr, gc) in zip(teacher_feats, student_feats, mats)]
-    heat = ref.aggregate(maps, weights, aggregate)
-    if blur_sigma and not fold:
-        H, W = out_size
-        heat = ref.upsample(heat, ref.gaussian_matrix(H, H, blur_sigma, None, heat.device),
-                            ref.gaussian_matrix(W, W, blur_sigma, None, heat.device))
-    return heat, ref.image_score(heat, topk)
+    return ref.anomaly_map(*args, distance=distance_map, **kwargs)
