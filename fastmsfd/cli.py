@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "photographs with synthetic defects, fits one detector per texture, evaluates "
                                    "it and writes overlays, scores and a summary.")
     p.add_argument("--out", default="demo_output", help="output folder (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--score-topk", type=float, default=0.01, help="image score: mean of the top fraction")

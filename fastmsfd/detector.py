@@ -93,6 +93,9 @@ class Detector(nn.Module):
         self.history: TrainHistory | None = None
         self.fitted = False
         self.student.eval()
+        # channels_last: convolutions run ~1.5x faster on CPU (measured for a lite0 training step at 128 px)
+        self.teacher.to(memory_format=torch.channels_last)
+        self.student.to(memory_format=torch.channels_last)
         self.to(device)
 
     # ---- properties ----------------------------------------------------------------------------------
@@ -117,7 +120,7 @@ class Detector(nn.Module):
     # ---- the network ---------------------------------------------------------------------------------
     def _prepare(self, images_u8: torch.Tensor) -> torch.Tensor:
         x = images_u8.to(self.device, non_blocking=True).float().div_(255.0)
-        return (x - self.mean) / self.std
+        return ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
 
     def _autocast(self):
         dtype = PRECISIONS[self.config["precision"]]
@@ -146,7 +149,7 @@ class Detector(nn.Module):
         S = self.image_size
         if tuple(images.shape[-2:]) != (S, S):
             images = F.interpolate(images, size=(S, S), mode="bilinear", antialias=True, align_corners=False)
-        return self.anomaly_maps((images - self.mean) / self.std)
+        return self.anomaly_maps(((images - self.mean) / self.std).contiguous(memory_format=torch.channels_last))
 
     # ---- fitting -------------------------------------------------------------------------------------
     def _normal_images_u8(self, source, progress: bool) -> torch.Tensor:
