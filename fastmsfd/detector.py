@@ -118,9 +118,12 @@ class Detector(nn.Module):
         return f"Detector({self.extra_repr()})"
 
     # ---- the network ---------------------------------------------------------------------------------
+    def _normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """Float images in [0, 1] -> the backbone's input normalisation, channels_last like the networks."""
+        return ((images - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+
     def _prepare(self, images_u8: torch.Tensor) -> torch.Tensor:
-        x = images_u8.to(self.device, non_blocking=True).float().div_(255.0)
-        return ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        return self._normalize(images_u8.to(self.device, non_blocking=True).float().div_(255.0))
 
     def _autocast(self):
         dtype = PRECISIONS[self.config["precision"]]
@@ -149,7 +152,7 @@ class Detector(nn.Module):
         S = self.image_size
         if tuple(images.shape[-2:]) != (S, S):
             images = F.interpolate(images, size=(S, S), mode="bilinear", antialias=True, align_corners=False)
-        return self.anomaly_maps(((images - self.mean) / self.std).contiguous(memory_format=torch.channels_last))
+        return self.anomaly_maps(self._normalize(images))
 
     # ---- fitting -------------------------------------------------------------------------------------
     def _normal_images_u8(self, source, progress: bool) -> torch.Tensor:
