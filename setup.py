@@ -26,13 +26,13 @@ def extensions():
     from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
-    cxx = ["-O3", "-fopenmp", "-std=c++17"]
+    cxx = ["-O3", "-fopenmp", "-std=c++20"]
     use_cuda = torch.version.cuda is not None and CUDA_HOME is not None and (
         torch.cuda.is_available() or os.environ.get("FORCE_CUDA") == "1")
     if use_cuda:
         ext = CUDAExtension("fastmsfd._C", sources + sorted(glob.glob("csrc/cuda/*.cu")),
                             define_macros=[("FASTMSFD_WITH_CUDA", None)],
-                            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--use_fast_math"]},
+                            extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]},
                             extra_link_args=["-fopenmp"])
     else:
         ext = CppExtension("fastmsfd._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])

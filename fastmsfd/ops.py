@@ -26,7 +26,9 @@ def _load_ext():
     except (ImportError, OSError) as exc:  # not built, or built against another torch
         return f"extension fastmsfd._C not usable ({exc})"
     if "cpp" not in _IMPLS["anomaly_map"]:
-        register_impl("anomaly_map", "cpp", cpp_backend.anomaly_map)
+        for backend in ("cpp", "cuda"):  # one set of wrappers; the op dispatches on the tensors' device
+            register_impl("anomaly_map", backend, cpp_backend.anomaly_map)
+            register_impl("distill_loss", backend, cpp_backend.distill_loss)
     return None
 
 
