@@ -55,6 +55,10 @@ def _cuda_reason(device: torch.device) -> str | None:
 
 
 def _triton_reason(device: torch.device) -> str | None:
+    import os
+
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return "triton needs CUDA tensors (or TRITON_INTERPRET=1 for testing on the CPU)"
     try:
         from .kernels import triton_available
     except ImportError as exc:
@@ -62,10 +66,12 @@ def _triton_reason(device: torch.device) -> str | None:
     why = triton_available()
     if why:
         return why
-    import os
+    if "triton" not in _IMPLS["anomaly_map"]:
+        from .kernels import anomaly_map as triton_map
+        from .kernels import distance as triton_distance
 
-    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        return "triton needs CUDA tensors (or TRITON_INTERPRET=1 for testing on the CPU)"
+        register_impl("anomaly_map", "triton", triton_map.anomaly_map)
+        register_impl("distill_loss", "triton", triton_distance.distill_loss)
     return None
 
 

@@ -1,0 +1,147 @@
+"""Triton kernel of the fused anomaly map: Gaussian receptive-field up-sampling of every layer's distance map,
+per-layer weights, aggregation, heatmap write and per-tile maxima for the image score.
+
+Reference: fastmsfd/anomaly_map.py::anomaly_map (upsample, aggregate, image_score).
+Launches: one distance kernel per layer (kernels/distance.py; reads each feature element once and writes the
+small d_l, C_l times smaller than the features), then ONE kernel for all layers that writes each heatmap tile
+once: per tile, G_rows[tile] @ d_l @ G_cols[tile]^T for every layer with fp32 `tl.dot` (IEEE precision, not TF32)
+and the aggregation in registers. The image maximum comes from the per-tile maxima; a top-k mean uses torch.topk
+on the heatmap (a selection over the whole image). The final blur of max/product aggregation (it cannot fold into
+G) is two torch matmuls. Up to 4 layers.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from . import distance as _distance
+
+MAX_LAYERS = 4
+# Heatmap tile per program; the CPU interpreter (per-program cost) gets larger tiles. Same kernel code.
+BLOCK_H = BLOCK_W = 64 if _distance.INTERPRETING else 32
+BLOCK_K = 16  # rows of d_l per step of the first product (tl.dot needs K >= 16)
+
+
+@triton.jit
+def _layer_tile(d_ptr, gr_ptr, gc_ptr, b, ys, xs, H, W, h, w, WP: tl.constexpr, BLOCK_H: tl.constexpr,
+                BLOCK_K: tl.constexpr):
+    """weightless A_l[ys, xs] = G_rows[ys, :] @ d_l[b] @ G_cols[xs, :]^T as a (BLOCK_H, BLOCK_W) fp32 tile."""
+    jj = tl.arange(0, WP)
+    rows = tl.zeros([BLOCK_H, WP], dtype=tl.float32)
+    for i0 in range(0, h, BLOCK_K):
+        ii = i0 + tl.arange(0, BLOCK_K)
+        gr = tl.load(gr_ptr + ys[:, None] * h + ii[None, :], mask=(ys[:, None] < H) & (ii[None, :] < h), other=0.0)
+        d = tl.load(d_ptr + b * h * w + ii[:, None] * w + jj[None, :], mask=(ii[:, None] < h) & (jj[None, :] < w),
+                    other=0.0)
+        rows += tl.dot(gr, d, input_precision="ieee")
+    gc = tl.load(gc_ptr + xs[:, None] * w + jj[None, :], mask=(xs[:, None] < W) & (jj[None, :] < w), other=0.0)
+    return tl.dot(rows, tl.trans(gc), input_precision="ieee")
+
+
+@triton.jit
+def _combine(out, a, MODE: tl.constexpr):
+    if MODE == 2:
+        return tl.maximum(out, a, propagate_nan=tl.PropagateNan.ALL)
+    elif MODE == 3:
+        return out * a
+    else:
+        return out + a
+
+
+@triton.jit
+def _upsample_aggregate_kernel(heat_ptr, tile_max_ptr, H, W,
+                               d0, gr0, gc0, h0, w0, k0, d1, gr1, gc1, h1, w1, k1,
+                               d2, gr2, gc2, h2, w2, k2, d3, gr3, gc3, h3, w3, k3,
+                               NUM_LAYERS: tl.constexpr, MODE: tl.constexpr,
+                               WP0: tl.constexpr, WP1: tl.constexpr, WP2: tl.constexpr, WP3: tl.constexpr,
+                               BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_K: tl.constexpr):
+    b = tl.program_id(0)
+    ty = tl.program_id(1)
+    tx = tl.program_id(2)
+    ys = ty * BLOCK_H + tl.arange(0, BLOCK_H)
+    xs = tx * BLOCK_W + tl.arange(0, BLOCK_W)
+    out = k0 * _layer_tile(d0, gr0, gc0, b, ys, xs, H, W, h0, w0, WP0, BLOCK_H, BLOCK_K)
+    if NUM_LAYERS > 1:
+        out = _combine(out, k1 * _layer_tile(d1, gr1, gc1, b, ys, xs, H, W, h1, w1, WP1, BLOCK_H, BLOCK_K), MODE)
+    if NUM_LAYERS > 2:
+        out = _combine(out, k2 * _layer_tile(d2, gr2, gc2, b, ys, xs, H, W, h2, w2, WP2, BLOCK_H, BLOCK_K), MODE)
+    if NUM_LAYERS > 3:
+        out = _combine(out, k3 * _layer_tile(d3, gr3, gc3, b, ys, xs, H, W, h3, w3, WP3, BLOCK_H, BLOCK_K), MODE)
+    if MODE == 1:
+        out = out / NUM_LAYERS
+    mask = (ys[:, None] < H) & (xs[None, :] < W)
+    tl.store(heat_ptr + b * H * W + ys[:, None] * W + xs[None, :], out, mask=mask)
+    n_nan = tl.sum(tl.where(mask & (out != out), 1, 0))
+    tile_max = tl.max(tl.where(mask, out, -float("inf")))
+    tile_max = tl.where(n_nan > 0, float("nan"), tile_max)
+    tl.store(tile_max_ptr + (b * tl.num_programs(1) + ty) * tl.num_programs(2) + tx, tile_max)
+
+
+@torch.library.triton_op("fastmsfd_triton::anomaly_map", mutates_args={})
+def fused_anomaly_map(teacher: list[torch.Tensor], student: list[torch.Tensor], g_rows: list[torch.Tensor],
+                      g_cols: list[torch.Tensor], weights: list[float], alpha: float, beta: float, mode: int,
+                      topk_count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """heat (B, H, W) float32 and score (B,): max when topk_count == 0, else the mean of the topk_count largest."""
+    L = len(teacher)
+    B, device = teacher[0].shape[0], teacher[0].device
+    H, W = g_rows[0].shape[0], g_cols[0].shape[0]
+    args = []
+    wps = []
+    for t, s, gr, gc, wgt in zip(teacher, student, g_rows, g_cols, weights):
+        d = torch.empty((B, t.shape[2], t.shape[3]), device=device, dtype=torch.float32)
+        _distance.launch_distance(t, s, alpha, beta, d)
+        args += [d, gr.to(device=device, dtype=torch.float32).contiguous(),
+                 gc.to(device=device, dtype=torch.float32).contiguous(), t.shape[2], t.shape[3], float(wgt)]
+        wps.append(max(16, triton.next_power_of_2(t.shape[3])))
+    while len(wps) < MAX_LAYERS:  # unused layer slots: never read (NUM_LAYERS is a compile-time constant)
+        args += args[:6]
+        wps.append(wps[0])
+    heat = torch.empty((B, H, W), device=device, dtype=torch.float32)
+    grid = (B, triton.cdiv(H, BLOCK_H), triton.cdiv(W, BLOCK_W))
+    tile_max = torch.empty(grid, device=device, dtype=torch.float32)
+    torch.library.wrap_triton(_upsample_aggregate_kernel)[grid](
+        heat, tile_max, H, W, *args, NUM_LAYERS=L, MODE=mode, WP0=wps[0], WP1=wps[1], WP2=wps[2], WP3=wps[3],
+        BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W, BLOCK_K=BLOCK_K)
+    if topk_count > 0:
+        score = heat.reshape(B, H * W).topk(min(topk_count, H * W), dim=1).values.mean(dim=1)
+    else:
+        score = tile_max.reshape(B, -1).amax(dim=1)
+    return heat, score
+
+
+def anomaly_map(teacher_feats, student_feats, out_size, layer_weights, alpha, beta, sigmas, radii, aggregate_mode,
+                topk=None, blur_sigma=None):
+    """ops.py's backend "triton": same arguments and results as fastmsfd.anomaly_map.anomaly_map."""
+    from fastmsfd import anomaly_map as ref
+
+    if teacher_feats[0].dtype == torch.float64:  # the kernels accumulate in float32
+        return ref.anomaly_map(teacher_feats, student_feats, out_size, layer_weights, alpha, beta, sigmas, radii,
+                               aggregate_mode, topk, blur_sigma)
+    if len(teacher_feats) > MAX_LAYERS:
+        raise ValueError(f"the Triton anomaly map takes at most {MAX_LAYERS} layers, got {len(teacher_feats)}; "
+                         "use backend='cuda' or 'reference'")
+    H, W = out_size
+    device = teacher_feats[0].device
+    shapes = [tuple(t.shape[-2:]) for t in teacher_feats]
+    fold = aggregate_mode in ("sum", "mean")
+    mats = ref.upsampling_matrices(shapes, out_size, sigmas, radii, blur_sigma, fold, device)
+    post_blur = bool(blur_sigma) and not fold
+    k = 0 if topk is None else max(1, math.ceil(topk * H * W))
+    heat, score = fused_anomaly_map(list(teacher_feats), list(student_feats), [m[0] for m in mats],
+                                    [m[1] for m in mats], [float(w) for w in layer_weights], float(alpha),
+                                    float(beta), ref.AGGREGATIONS.index(aggregate_mode), 0 if post_blur else k)
+    if post_blur:
+        heat = ref.upsample(heat, ref.gaussian_matrix(H, H, blur_sigma, None, device),
+                            ref.gaussian_matrix(W, W, blur_sigma, None, device))
+        score = ref.image_score(heat, topk)
+    return heat, score
+
+
+@fused_anomaly_map.register_fake
+def _(teacher, student, g_rows, g_cols, weights, alpha, beta, mode, topk_count):
+    B = teacher[0].shape[0]
+    heat = teacher[0].new_empty((B, g_rows[0].shape[0], g_cols[0].shape[0]), dtype=torch.float32)
+    return heat, heat.new_empty((B,))
