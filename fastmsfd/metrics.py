@@ -47,10 +47,33 @@ def image_auroc(labels, scores) -> float:
 
 def pixel_auroc(masks, maps) -> float:
     """Pixel-level AUROC over all pixels of all images: masks (N, H, W) bool, maps (N, H, W) float."""
-    masks, maps = _np(masks), _np(maps)
-    if masks.shape != maps.shape:
-        raise ValueError(f"pixel AUROC: masks {masks.shape} and maps {maps.shape} differ in shape")
-    return auroc(masks, maps, "pixel AUROC")
+    masks, maps = _per_image(masks, maps, "pixel AUROC")
+    return auroc(np.concatenate([m.ravel() for m in masks]), np.concatenate([a.ravel() for a in maps]),
+                 "pixel AUROC")
+
+
+def _per_image(masks, maps, what: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(N, H, W) arrays, or lists of (H_i, W_i) arrays (images of different sizes, e.g. at full resolution)."""
+    if isinstance(masks, (list, tuple)) or isinstance(maps, (list, tuple)):
+        masks = [_np(m).astype(bool) for m in masks]
+        maps = [_np(a, np.float64) for a in maps]
+        if len(masks) != len(maps) or any(m.shape != a.shape or m.ndim != 2 for m, a in zip(masks, maps)):
+            raise ValueError(f"{what}: masks and maps must pair up as same-shape (H, W) arrays")
+        return masks, maps
+    masks, maps = _np(masks).astype(bool), _np(maps, np.float64)
+    if masks.shape != maps.shape or masks.ndim != 3:
+        raise ValueError(f"{what}: masks {masks.shape} and maps {maps.shape} must both be (N, H, W)")
+    return list(masks), list(maps)
+
+
+def roc_curve(labels, scores) -> tuple[np.ndarray, np.ndarray]:
+    """The exact ROC curve (FPR, TPR) over every distinct threshold, from (0, 0) to (1, 1)."""
+    y, s = _binary_and_scores(labels, scores, "ROC")
+    order = np.argsort(-s, kind="stable")
+    ys, ss = y[order], s[order]
+    last = np.r_[ss[1:] != ss[:-1], True]
+    tp, fp = np.cumsum(ys)[last], np.cumsum(~ys)[last]
+    return np.r_[0.0, fp / max(fp[-1], 1)], np.r_[0.0, tp / max(tp[-1], 1)]
 
 
 def pro_curve(masks, maps) -> tuple[np.ndarray, np.ndarray]:
@@ -59,23 +82,21 @@ def pro_curve(masks, maps) -> tuple[np.ndarray, np.ndarray]:
     Regions: 8-connected components of each ground-truth mask, pooled over the set. PRO(t) is the mean over
     regions of the fraction of the region with score >= t; FPR(t) is over all normal pixels.
     """
-    masks, maps = _np(masks).astype(bool), _np(maps, np.float64)
-    if masks.shape != maps.shape or masks.ndim != 3:
-        raise ValueError(f"AUPRO: masks {masks.shape} and maps {maps.shape} must both be (N, H, W)")
-    if not np.isfinite(maps).all():
+    masks, maps = _per_image(masks, maps, "AUPRO")
+    if not all(np.isfinite(a).all() for a in maps):
         raise ValueError("AUPRO: maps contain NaN or inf")
-    region = np.zeros(masks.shape, dtype=np.int64)
+    regions = []
     n_regions = 0
     structure = np.ones((3, 3), dtype=bool)
-    for i in range(masks.shape[0]):
-        lab, n = ndimage.label(masks[i], structure=structure)
-        region[i] = np.where(lab > 0, lab + n_regions, 0)
+    for m in masks:
+        lab, n = ndimage.label(m, structure=structure)
+        regions.append(np.where(lab > 0, lab + n_regions, 0).ravel())
         n_regions += n
-    n_normal = int((~masks).sum())
+    n_normal = int(sum((~m).sum() for m in masks))
     if n_regions == 0 or n_normal == 0:
         raise ValueError("AUPRO is undefined: " + ("no defect regions in the masks" if n_regions == 0
                                                      else "no normal pixels"))
-    region, scores = region.ravel(), maps.ravel()
+    region, scores = np.concatenate(regions), np.concatenate([a.ravel() for a in maps])
     sizes = np.bincount(region, minlength=n_regions + 1).astype(np.float64)
     # each anomalous pixel adds 1 / (|its region| * number of regions) to PRO; each normal pixel 1 / n_normal to FPR
     pro_w = np.where(region > 0, 1.0 / (sizes[region] * n_regions), 0.0)

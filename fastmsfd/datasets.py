@@ -1,0 +1,182 @@
+"""Dataset layouts for evaluation: MVTec AD (one category or a root of many), plain folders, ShanghaiTech Campus.
+
+Each reader returns Category objects: the normal training images and the labelled test samples with where their
+masks live. Every problem names the path (fastmsfd.errors.DataError).
+
+MVTec AD layout (also ../shared/data/mtd, kolektorsdd):
+    <category>/train/good/*        <category>/test/<type>/*        <category>/ground_truth/<type>/<stem>_mask.*
+ShanghaiTech Campus layout (video frames):
+    training/frames/<video>/*.jpg          testing/frames/<video>/*.jpg
+    test_frame_mask/<video>.npy  (per-frame 0/1)    test_pixel_mask/<video>.npy  (per-frame H x W masks)
+Plain folders: a folder of good images, a folder of defect images, optional masks matched by file stem
+(<stem>.* or <stem>_mask.*), and normal training images (a folder, or a seeded 80/20 split of the good folder).
+"""
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .data import IMAGE_EXTENSIONS, TestSample, is_mvtec_category, list_images, mvtec_test_set
+from .errors import DataError
+
+LAYOUTS = ("auto", "mvtec", "folders", "stc")
+
+
+@dataclass
+class Category:
+    name: str
+    kind: str                       # "mvtec" | "folders" | "stc"
+    root: Path
+    train: list[Path]
+    test: list[TestSample]
+    notes: list[str] = field(default_factory=list)
+
+
+def _visible_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+
+
+MVTEC_LAYOUT = ("the MVTec AD layout <category>/train/good, <category>/test/<type>, "
+                "<category>/ground_truth/<type>/<stem>_mask.*")
+
+
+def _is_category(folder: Path) -> bool:
+    return is_mvtec_category(folder) or (folder / "test").is_dir()
+
+
+def mvtec_category(folder: str | os.PathLike) -> Category:
+    """A category folder; its train list is empty when it has no train/good (then it can only be evaluated with
+    a fitted checkpoint: see require_train)."""
+    folder = Path(folder)
+    if not _is_category(folder):
+        raise DataError(f"{folder}: neither train/good nor test/ here (expected {MVTEC_LAYOUT})")
+    train = list_images(folder / "train" / "good") if is_mvtec_category(folder) else []
+    return Category(folder.name, "mvtec", folder, train, mvtec_test_set(folder))
+
+
+def require_train(category: Category) -> list[Path]:
+    """The training images, or a DataError naming the folder that should hold them."""
+    if not category.train:
+        where = category.root / "train" / "good" if category.kind == "mvtec" else category.root
+        raise DataError(f"{where}: no normal training images to fit on (expected {MVTEC_LAYOUT}; or pass a "
+                        "fitted checkpoint with -c)")
+    return category.train
+
+
+def mvtec_categories(root: str | os.PathLike, category: str | None = None) -> list[Category]:
+    """One category folder, or every category folder directly under `root` (folders starting with _ or . are
+    skipped); `category` picks one by name."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: folder not found")
+    if _is_category(root):
+        if category and category != root.name:
+            raise DataError(f"{root} is the category {root.name!r}, not {category!r}")
+        return [mvtec_category(root)]
+    found = [d for d in _visible_dirs(root) if _is_category(d)]
+    if not found:
+        raise DataError(f"{root}: no MVTec-layout category here (a category folder holds train/good, test/<type> "
+                        "and ground_truth/<type>; a root holds category folders)")
+    if category:
+        found = [d for d in found if d.name == category]
+        if not found:
+            raise DataError(f"{root}: no category named {category!r}")
+    return [mvtec_category(d) for d in found]
+
+
+def _mask_by_stem(masks_dir: Path | None, stem: str) -> Path | None:
+    if masks_dir is None:
+        return None
+    for name in (f"{stem}_mask", stem):
+        for ext in IMAGE_EXTENSIONS:
+            if (masks_dir / f"{name}{ext}").is_file():
+                return masks_dir / f"{name}{ext}"
+    return None
+
+
+def folders_dataset(good: str | os.PathLike, defect: str | os.PathLike, masks: str | os.PathLike | None = None,
+                    train: str | os.PathLike | None = None, seed: int = 0, name: str | None = None) -> Category:
+    """Good + defect folders. Without `train`, a seeded 20% of the good images are the normal test images and the
+    rest train (stated in the report notes)."""
+    good, defect = Path(good), Path(defect)
+    masks_dir = Path(masks) if masks else None
+    if masks_dir is not None and not masks_dir.is_dir():
+        raise DataError(f"{masks_dir}: masks folder not found")
+    good_imgs = list_images(good)
+    notes = []
+    if train:
+        train_imgs, test_good = list_images(train), good_imgs
+    else:
+        shuffled = good_imgs[:]
+        random.Random(seed).shuffle(shuffled)
+        n_test = max(1, round(0.2 * len(shuffled)))
+        if len(shuffled) - n_test < 2:
+            raise DataError(f"{good}: needs at least 3 good images to split into training and test")
+        test_good, train_imgs = sorted(shuffled[:n_test]), sorted(shuffled[n_test:])
+        notes.append(f"no training folder given: {len(train_imgs)} of the {len(good_imgs)} good images train, "
+                     f"{len(test_good)} are normal test images (seed {seed})")
+    test = [TestSample(p, 0, "good", None) for p in test_good]
+    test += [TestSample(p, 1, "defect", _mask_by_stem(masks_dir, p.stem)) for p in list_images(defect)]
+    return Category(name or defect.parent.name or "folders", "folders", defect.parent, train_imgs, test, notes)
+
+
+def _npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)  # never unpickle: a .npy from elsewhere is data
+    except (ValueError, OSError) as exc:
+        raise DataError(f"{path}: not a readable .npy array ({exc})") from None
+
+
+def is_stc(root: Path) -> bool:
+    return (root / "training" / "frames").is_dir() and (root / "testing" / "frames").is_dir()
+
+
+def stc_dataset(root: str | os.PathLike) -> Category:
+    """ShanghaiTech Campus: train on every training frame; test frames labelled by test_frame_mask/<video>.npy,
+    pixel masks from test_pixel_mask/<video>.npy when present."""
+    root = Path(root)
+    if not is_stc(root):
+        raise DataError(f"{root}: not the ShanghaiTech Campus layout (training/frames/<video>/, "
+                        "testing/frames/<video>/, test_frame_mask/<video>.npy, test_pixel_mask/<video>.npy)")
+    train = list_images(root / "training" / "frames")
+    test, notes = [], []
+    for video in _visible_dirs(root / "testing" / "frames"):
+        frames = list_images(video, recursive=False)
+        label_file = root / "test_frame_mask" / f"{video.name}.npy"
+        if not label_file.is_file():
+            raise DataError(f"{label_file}: frame labels missing for test video {video}")
+        labels = _npy(label_file).reshape(-1)
+        if len(labels) != len(frames):
+            raise DataError(f"{label_file}: {len(labels)} frame labels but {video} has {len(frames)} frames")
+        pixel_file = root / "test_pixel_mask" / f"{video.name}.npy"
+        if pixel_file.is_file():
+            n = _npy(pixel_file).shape[0]
+            if n != len(frames):
+                raise DataError(f"{pixel_file}: {n} frame masks but {video} has {len(frames)} frames")
+        else:
+            notes.append(f"{pixel_file}: missing, frames of {video.name} count as all-normal pixels")
+            pixel_file = None
+        for i, (frame, lab) in enumerate(zip(frames, labels)):
+            test.append(TestSample(frame, int(lab != 0), "anomalous" if lab else "good", pixel_file,
+                                   mask_index=i if pixel_file else None))
+    if not test:
+        raise DataError(f"{root / 'testing' / 'frames'}: no test videos")
+    return Category("shanghaitech", "stc", root, train, test, notes)
+
+
+def discover(data: str | os.PathLike, category: str | None = None, layout: str = "auto") -> list[Category]:
+    """The categories to evaluate under `data`: an MVTec category or root, or an STC root."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    data = Path(data)
+    if not data.exists():
+        raise DataError(f"{data}: not found")
+    if layout == "stc" or (layout == "auto" and data.is_dir() and is_stc(data)):
+        return [stc_dataset(data)]
+    if layout == "folders":
+        raise ValueError("the plain-folders layout takes --good and --defect folders (folders_dataset)")
+    return mvtec_categories(data, category)
