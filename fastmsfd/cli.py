@@ -20,6 +20,8 @@ DESCRIPTION = """Fast Multi-Scale Feature Distillation anomaly detection.
   fastmsfd fit DATA -o model.fastmsfd fit on normal images (a folder or an MVTec category folder)
   fastmsfd predict model.fastmsfd IMAGES... -o out/   heatmap overlays + scores.csv
   fastmsfd eval DATA [-c model.fastmsfd] -o report/   fit per category, evaluate, write a report
+  fastmsfd export model.fastmsfd -o model.onnx       one ONNX graph: image -> heatmap, score
+  fastmsfd bench [--backbone B] [--batch N]          speed of every runtime beside the naive pipeline
   fastmsfd info                       backends, extensions and pretrained weights found here
 """
 
@@ -259,6 +261,18 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from . import Detector
+
+    det = Detector.load(args.model, runtime="torch")
+    path = det.export_onnx(args.output, dynamic_batch=not args.fixed_batch)
+    size_mb = Path(path).stat().st_size / 1e6
+    print(f"wrote {path} ({size_mb:.1f} MB): input 'images' uint8 (batch, 3, {det.image_size}, {det.image_size}) "
+          f"RGB, outputs 'heatmap' and 'score'; threshold {float(det.threshold):.6g} and preprocessing in its "
+          "metadata")
+    return 0
+
+
 def cmd_info(args) -> int:
     import torch
 
@@ -269,6 +283,11 @@ def cmd_info(args) -> int:
     print("op backends (cpu):")
     for name, why in ops.backend_status("cpu").items():
         print(f"  {name:10s} {'available' if why is None else 'unavailable: ' + why}")
+    from .runtimes import runtime_status
+
+    print("inference runtimes:")
+    for name, why in runtime_status().items():
+        print(f"  {name:12s} {'available' if why is None else 'unavailable: ' + why}")
     print("pretrained weights found offline:")
     for name in backbone_names():
         path = find_weights_file(name)
@@ -333,6 +352,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plots", action="store_true", help="only metrics.json and results.md")
     _add_model_args(p)
     p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("export", help="export a checkpoint to ONNX (image -> heatmap, score)",
+                       description="One ONNX graph: uint8 RGB images resized to image_size -> heatmap and score, "
+                                   "normalisation inside; threshold and preprocessing in the metadata.")
+    p.add_argument("model", help="a .fastmsfd checkpoint")
+    p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    p.add_argument("--fixed-batch", action="store_true", help="a fixed batch of 2 instead of a dynamic batch")
+    p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("info", help="backends, compiled extensions and pretrained weights available here")
     p.set_defaults(fn=cmd_info)

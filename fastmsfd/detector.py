@@ -22,7 +22,7 @@ from .data import is_mvtec_category, load_resized, resize_batch, to_image_list, 
 from .errors import CheckpointError, DataError
 from .train import TrainConfig, TrainHistory, distill
 
-RUNTIMES = ("auto", "torch")
+from .runtimes import RUNTIMES
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LAYER_WEIGHT_QUANTILE = 0.99
 
@@ -88,7 +88,9 @@ class Detector(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
         self.register_buffer("layer_weights", torch.ones(len(self.layers)))
         self.register_buffer("threshold", torch.tensor(float("nan")))
-        self.runtime = "torch"
+        self.runtime_request = runtime
+        self._runner = None                  # the exported graph in ONNX Runtime / OpenVINO, built on first use
+        self._runtime: tuple[str, str] | None = None
         self.ops_backend = ops_backend
         self.history: TrainHistory | None = None
         self.fitted = False
@@ -116,6 +118,49 @@ class Detector(nn.Module):
 
     def __repr__(self) -> str:  # a one-line summary, not the whole network
         return f"Detector({self.extra_repr()})"
+
+    # ---- runtimes --------------------------------------------------------------------------------------
+    @property
+    def runtime(self) -> str:
+        """The runtime predict() uses: "torch", "onnxruntime" or "openvino" (resolved from the request)."""
+        if self._runtime is None:
+            from .runtimes import resolve
+
+            self._runtime = resolve(self.runtime_request, self.device, self.config["precision"])
+        return self._runtime[0]
+
+    def reset_runtime(self, runtime: str | None = None) -> None:
+        """Drop the exported graph (it is rebuilt from the current weights on next use); optionally switch
+        runtime. fit() and load() do this themselves; call it after changing weights by hand."""
+        if runtime is not None:
+            if runtime not in RUNTIMES:
+                raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+            self.runtime_request = runtime
+        self._runner, self._runtime = None, None
+
+    def _apply(self, fn, *args, **kwargs):
+        out = super()._apply(fn, *args, **kwargs)
+        if "_runner" in self.__dict__:  # moved or cast: the exported graph and the runtime choice are stale
+            self.reset_runtime()
+        return out
+
+    def _infer(self, images_u8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 (B, 3, S, S) -> heatmaps, scores with the chosen runtime."""
+        if self.runtime == "torch":
+            return self.anomaly_maps(self._prepare(images_u8))
+        if self._runner is None:
+            from .export import onnx_bytes
+            from .runtimes import build_runner
+
+            self._runner = build_runner(self.runtime, onnx_bytes(self), self.config["precision"])
+        return self._runner(images_u8)
+
+    def export_onnx(self, path: str | os.PathLike, dynamic_batch: bool = True) -> Path:
+        """One ONNX graph from uint8 images (B, 3, S, S) to (heatmap, score), normalisation inside, preprocessing
+        and threshold in its metadata; written atomically. See fastmsfd/export.py."""
+        from .export import export_onnx
+
+        return export_onnx(self, path, dynamic_batch)
 
     # ---- the network ---------------------------------------------------------------------------------
     def _normalize(self, images: torch.Tensor) -> torch.Tensor:
@@ -197,6 +242,7 @@ class Detector(nn.Module):
         self.student.eval()
         self._set_layer_weights(val)
         self.fitted = True
+        self.reset_runtime()
         self.calibrate(val, quantile=calibrate_quantile)
         self.config.update(n_train=len(train), n_val=n_val, epochs_run=len(self.history.val_loss),
                            fit_seconds=round(self.history.seconds, 2))
@@ -244,7 +290,7 @@ class Detector(nn.Module):
         self.eval()
         heats, scores, sizes, names = [], [], [], []
         for u8, sz, nm in tqdm(self._batches(images, batch_size), desc="predicting", disable=not progress):
-            h, s = self.anomaly_maps(self._prepare(u8))
+            h, s = self._infer(u8)
             heats.append(h.float().cpu())
             scores.append(s.float().cpu())
             sizes += sz
@@ -270,7 +316,7 @@ class Detector(nn.Module):
             raise ValueError(f"quantile must be in (0, 1], got {quantile}")
         if isinstance(normal_images, torch.Tensor) and normal_images.dtype == torch.uint8 \
                 and normal_images.dim() == 4 and normal_images.shape[-1] == self.image_size:
-            scores = torch.cat([self.anomaly_maps(self._prepare(normal_images[i:i + batch_size]))[1].float().cpu()
+            scores = torch.cat([self._infer(normal_images[i:i + batch_size])[1].float().cpu()
                                 for i in range(0, len(normal_images), batch_size)])
         else:
             scores = self.predict(normal_images, batch_size=batch_size).scores
@@ -322,4 +368,5 @@ class Detector(nn.Module):
         det.config.update({k: v for k, v in config.items() if k not in known})
         det.config["random_teacher"] = bool(config.get("random_teacher", False))
         det.fitted = bool(config.get("fitted", True))
+        det.reset_runtime()
         return det.to(device)

@@ -1,0 +1,149 @@
+"""One inference graph from images to (heatmap, score), for ONNX export and the ONNX Runtime / OpenVINO runtimes.
+
+Input "images": uint8 (B, 3, S, S), RGB, already resized to the detector's image_size S (bilinear, antialiased:
+what Detector.predict does; the ONNX metadata says so). Normalisation happens inside the graph. Outputs
+"heatmap" (B, S, S) float32 and "score" (B,) float32: the same math as fastmsfd.anomaly_map (reference), with
+the Gaussian up-sampling as two MatMuls by fixed matrices. The batch dimension is dynamic.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import anomaly_map as ref
+from ._version import __version__
+from .checkpoint import atomic_path
+
+OPSET = 17
+INPUT_NAME, OUTPUT_NAMES = "images", ("heatmap", "score")
+
+
+class InferenceGraph(nn.Module):
+    """The detector's inference as plain tensor ops (exportable): uint8 images -> heatmap, score."""
+
+    def __init__(self, detector):
+        super().__init__()
+        cfg = detector.config
+        S = detector.image_size
+        self.teacher, self.student = detector.teacher, detector.student
+        self.register_buffer("mean", detector.mean.detach().clone() * 255.0)
+        self.register_buffer("std", detector.std.detach().clone() * 255.0)
+        with torch.no_grad():
+            probe = detector.teacher(torch.zeros(1, 3, S, S, device=detector.device))
+        shapes = [tuple(f.shape[-2:]) for f in probe]
+        sigmas = ref.default_sigmas(shapes, (S, S), cfg["sigma_factor"])
+        self.mode = cfg["aggregate"]
+        fold = self.mode in ("sum", "mean")
+        mats = ref.upsampling_matrices(shapes, (S, S), sigmas, [None] * len(shapes), cfg["blur_sigma"], fold,
+                                       detector.device)
+        for i, (gr, gc) in enumerate(mats):
+            self.register_buffer(f"g_rows{i}", gr.clone())
+            self.register_buffer(f"g_cols_t{i}", gc.T.contiguous())
+        self.post_blur = bool(cfg["blur_sigma"]) and not fold
+        if self.post_blur:
+            self.register_buffer("blur_rows", ref.gaussian_matrix(S, S, cfg["blur_sigma"], None, detector.device))
+            self.register_buffer("blur_cols_t", ref.gaussian_matrix(S, S, cfg["blur_sigma"], None,
+                                                                    detector.device).T.contiguous())
+        self.weights = [float(w) for w in detector.layer_weights.tolist()]
+        self.alpha, self.beta = float(cfg["alpha"]), float(cfg["beta"])
+        topk = cfg["score_topk"]
+        self.k = 0 if topk is None else max(1, math.ceil(topk * S * S))
+        self.n_layers = len(shapes)
+
+    def _distance(self, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        diff = t - s
+        l2 = (diff * diff).mean(1)
+        nt = (t * t).sum(1).sqrt().clamp_min(ref.EPS)
+        ns = (s * s).sum(1).sqrt().clamp_min(ref.EPS)
+        return self.alpha * l2 + self.beta * (1.0 - (t * s).sum(1) / (nt * ns))
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = (images.float() - self.mean) / self.std
+        teacher, student = self.teacher(x), self.student(x)
+        heat = None
+        for i, (t, s) in enumerate(zip(teacher, student)):
+            d = self._distance(t.float(), s.float())
+            a = self.weights[i] * torch.matmul(torch.matmul(getattr(self, f"g_rows{i}"), d),
+                                               getattr(self, f"g_cols_t{i}"))
+            if heat is None:
+                heat = a
+            elif self.mode in ("sum", "mean"):
+                heat = heat + a
+            elif self.mode == "max":
+                heat = torch.maximum(heat, a)
+            else:
+                heat = heat * a
+        if self.mode == "mean":
+            heat = heat / self.n_layers
+        if self.post_blur:
+            heat = torch.matmul(torch.matmul(self.blur_rows, heat), self.blur_cols_t)
+        flat = heat.flatten(1)
+        score = flat.amax(1) if self.k == 0 else torch.topk(flat, self.k, dim=1).values.mean(1)
+        return heat, score
+
+
+def metadata(detector) -> dict[str, str]:
+    """What a serving stack needs to feed the graph, stored in the ONNX file's metadata_props."""
+    S = detector.image_size
+    return {
+        "fastmsfd_version": __version__,
+        "input": f"{INPUT_NAME}: uint8 (batch, 3, {S}, {S}) RGB; resize each image to {S}x{S} first "
+                 "(bilinear, antialiased); normalisation is inside the graph",
+        "image_size": str(S),
+        "channel_order": "RGB",
+        "resize": "bilinear, antialias",
+        "outputs": "heatmap: float32 (batch, S, S); score: float32 (batch,); anomalous when score > threshold",
+        "threshold": repr(float(detector.threshold)),
+        "config": json.dumps({k: v for k, v in detector.config.items()}, default=str),
+    }
+
+
+def onnx_bytes(detector, dynamic_batch: bool = True, opset: int = OPSET) -> bytes:
+    """Export the detector's inference graph to ONNX in memory (float32, NCHW)."""
+    import onnx
+
+    graph = InferenceGraph(detector).eval().to(memory_format=torch.contiguous_format)
+    S = detector.image_size
+    dummy = torch.zeros(2, 3, S, S, dtype=torch.uint8, device=detector.device)
+    buf = io.BytesIO()
+    was_cl = _is_channels_last(detector)
+    detector.teacher.to(memory_format=torch.contiguous_format)
+    detector.student.to(memory_format=torch.contiguous_format)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # tracer notes about the fixed spatial size (it is fixed: S)
+            torch.onnx.export(graph, (dummy,), buf, dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
+                              output_names=list(OUTPUT_NAMES), do_constant_folding=True,
+                              dynamic_axes={INPUT_NAME: {0: "batch"}, "heatmap": {0: "batch"},
+                                            "score": {0: "batch"}} if dynamic_batch else None)
+    finally:
+        if was_cl:
+            detector.teacher.to(memory_format=torch.channels_last)
+            detector.student.to(memory_format=torch.channels_last)
+    model = onnx.load_from_string(buf.getvalue())
+    for key, value in metadata(detector).items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    model.producer_name, model.producer_version = "fastmsfd", __version__
+    return model.SerializeToString()
+
+
+def _is_channels_last(detector) -> bool:
+    p = next(detector.teacher.parameters(), None)
+    return p is not None and p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) \
+        and not p.is_contiguous()
+
+
+def export_onnx(detector, path: str | Path, dynamic_batch: bool = True, opset: int = OPSET) -> Path:
+    """Write the ONNX graph atomically (a temp file renamed into place: never a partial file)."""
+    data = onnx_bytes(detector, dynamic_batch, opset)
+    path = Path(path)
+    with atomic_path(path, suffix=".onnx") as tmp:
+        tmp.write_bytes(data)
+    return path

@@ -1,0 +1,118 @@
+"""ONNX export and the ONNX Runtime / OpenVINO runtimes: parity with the PyTorch path on real-looking images.
+
+Tolerance: heatmaps within 1e-4 of the torch heatmap's magnitude (float32, only the order of operations
+differs: fused convolutions, MatMul up-sampling), scores within 1e-4 relative, and identical labels at the
+calibrated threshold; for a fixed and a dynamic batch."""
+import numpy as np
+import pytest
+import torch
+
+from fastmsfd import Detector
+from fastmsfd.cli import main
+from fastmsfd.runtimes import runtime_status
+
+onnx = pytest.importorskip("onnx", reason="onnx not installed")
+ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed")
+SIZE = 64
+
+
+def _real_looking(n, seed=0):
+    """Crops of scikit-image's brick photograph, a few with a dark scratch."""
+    from skimage import data
+
+    brick = data.brick()
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        y, x = rng.integers(0, brick.shape[0] - 96), rng.integers(0, brick.shape[1] - 96)
+        crop = np.repeat(brick[y:y + 96, x:x + 96, None], 3, axis=2).copy()
+        if i % 3 == 2:
+            crop[40:44, 10:80] = 20
+        out.append(crop)
+    return out
+
+
+@pytest.fixture(scope="module")
+def det():
+    torch.manual_seed(0)
+    return Detector(image_size=SIZE, runtime="torch").fit(_real_looking(12), epochs=1, batch_size=4,
+                                                          progress=False)
+
+
+def _compare(heat, score, ref_heat, ref_score):
+    scale = ref_heat.abs().max().item()
+    assert (heat - ref_heat).abs().max().item() <= 1e-4 * scale
+    torch.testing.assert_close(score, ref_score, rtol=1e-4, atol=1e-4 * scale)
+
+
+@pytest.mark.parametrize("dynamic", [True, False])
+def test_onnx_graph_matches_torch(det, tmp_path, dynamic):
+    path = det.export_onnx(tmp_path / "m.onnx", dynamic_batch=dynamic)
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["image_size"] == str(SIZE) and "normalisation is inside the graph" in meta["input"]
+    assert float(meta["threshold"]) == pytest.approx(float(det.threshold))
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    images = _real_looking(6, seed=1)
+    u8 = torch.stack([torch.from_numpy(im).permute(2, 0, 1) for im in images])
+    u8 = torch.nn.functional.interpolate(u8.float(), size=(SIZE, SIZE), mode="bilinear", antialias=True)
+    u8 = u8.round().clamp(0, 255).to(torch.uint8)
+    with torch.no_grad():
+        ref_heat, ref_score = det.anomaly_maps(det._prepare(u8))
+    batches = [u8[i:i + 2] for i in range(0, 6, 2)] if not dynamic else [u8[:1], u8[1:6]]
+    heats, scores = zip(*[sess.run(None, {"images": b.numpy()}) for b in batches])
+    heat, score = torch.from_numpy(np.concatenate(heats)), torch.from_numpy(np.concatenate(scores))
+    _compare(heat, score, ref_heat, ref_score)
+    thr = float(det.threshold)
+    assert torch.equal(score > thr, ref_score > thr)
+    if not dynamic:
+        with pytest.raises(Exception):
+            sess.run(None, {"images": u8[:3].numpy()})
+
+
+@pytest.mark.parametrize("runtime", [r for r in ("onnxruntime", "openvino") if runtime_status()[r] is None])
+def test_detector_runtimes_predict_like_torch(det, runtime):
+    images = _real_looking(5, seed=2)
+    ref = det.predict(images, batch_size=2)
+    det.reset_runtime(runtime)
+    try:
+        assert det.runtime == runtime
+        got = det.predict(images, batch_size=3)
+    finally:
+        det.reset_runtime("torch")
+    _compare(got.heatmaps, got.scores, ref.heatmaps, ref.scores)
+    assert torch.equal(got.labels, ref.labels)
+
+
+def test_auto_runtime_and_reload(det, tmp_path):
+    det.save(tmp_path / "m.fastmsfd")
+    loaded = Detector.load(tmp_path / "m.fastmsfd")  # runtime="auto"
+    available = [r for r in ("openvino", "onnxruntime") if runtime_status()[r] is None]
+    assert loaded.runtime == (available[0] if available else "torch")
+    images = _real_looking(3, seed=3)
+    _compare(*(lambda p: (p.heatmaps, p.scores))(loaded.predict(images)),
+             *(lambda p: (p.heatmaps, p.scores))(det.predict(images)))
+    with pytest.raises(ValueError, match="runtime"):
+        Detector.load(tmp_path / "m.fastmsfd", runtime="tensorrt")
+
+
+def test_cli_export(det, tmp_path, capsys):
+    det.save(tmp_path / "m.fastmsfd")
+    assert main(["export", str(tmp_path / "m.fastmsfd"), "-o", str(tmp_path / "out" / "m.onnx")]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert (tmp_path / "out" / "m.onnx").is_file()
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name != "m.onnx"]  # no temp file left behind
+
+
+@pytest.mark.skipif(runtime_status()["openvino"] is not None, reason="openvino not installed")
+def test_openvino_reads_the_exported_file(det, tmp_path):
+    import openvino as ov
+
+    path = det.export_onnx(tmp_path / "m.onnx")
+    compiled = ov.Core().compile_model(str(path), "CPU")
+    u8 = torch.randint(0, 255, (2, 3, SIZE, SIZE), dtype=torch.uint8)
+    out = compiled(u8.numpy())
+    with torch.no_grad():
+        ref_heat, ref_score = det.anomaly_maps(det._prepare(u8))
+    _compare(torch.from_numpy(out[0]), torch.from_numpy(out[1]), ref_heat, ref_score)
