@@ -273,6 +273,23 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .bench import markdown, run_bench
+
+    results = []
+    for backbone in args.backbone:
+        for batch in args.batch:
+            print(f"{backbone}, {args.image_size}x{args.image_size}, batch {batch}:")
+            results.append(run_bench(backbone, args.image_size, batch, tuple(args.runtime), tuple(args.precision),
+                                     reps=args.reps))
+    for r in results:
+        print("\n" + markdown(r))
+    if args.json:
+        _write_text_atomic(Path(args.json), json.dumps(results, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
 def cmd_info(args) -> int:
     import torch
 
@@ -360,6 +377,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
     p.add_argument("--fixed-batch", action="store_true", help="a fixed batch of 2 instead of a dynamic batch")
     p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("bench", help="end-to-end speed of each runtime beside the naive eager pipeline",
+                       description="Batch-1 latency and batched throughput, from uint8 images and from JPEG files, "
+                                   "for each available runtime and precision, with the ratio to the naive eager "
+                                   "pipeline (float32, NCHW, full backbone, reference ops) measured in the same run.")
+    p.add_argument("--backbone", nargs="+", default=["efficientnet_lite0"])
+    p.add_argument("--batch", nargs="+", type=int, default=[8])
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--runtime", nargs="+", default=["torch", "onnxruntime", "openvino"])
+    p.add_argument("--precision", nargs="+", default=["float32"], choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--reps", type=int, default=10, help="repetitions per measurement (median reported)")
+    p.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
+    p.add_argument("--json", help="also write the results as JSON here")
+    p.set_defaults(fn=cmd_bench)
 
     p = sub.add_parser("info", help="backends, compiled extensions and pretrained weights available here")
     p.set_defaults(fn=cmd_info)

@@ -228,6 +228,12 @@ def resize_batch(images: Sequence[torch.Tensor], size: int | tuple[int, int]) ->
     return torch.stack(out).clamp_(0, 1)
 
 
+def decode_resized(path: str | os.PathLike, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """One image file -> (uint8 (3, S, S) resized with antialiased bilinear, its original (H, W))."""
+    t = _array_to_chw(read_image(path), str(path))
+    return (resize_batch([t], size)[0] * 255).round().to(torch.uint8), (int(t.shape[1]), int(t.shape[2]))
+
+
 def load_resized(paths: Iterable[Path], size: int, progress: bool = False) -> torch.Tensor:
     """Decode and resize image files to a uint8 (N, 3, S, S) tensor (compact enough to keep in memory)."""
     from tqdm.auto import tqdm
@@ -235,6 +241,5 @@ def load_resized(paths: Iterable[Path], size: int, progress: bool = False) -> to
     paths = list(paths)
     out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
     for i, p in enumerate(tqdm(paths, desc="loading images", disable=not progress or len(paths) < 50, leave=False)):
-        t = _array_to_chw(read_image(p), str(p))
-        out[i] = (resize_batch([t], size)[0] * 255).round().to(torch.uint8)
+        out[i] = decode_resized(p, size)[0]
     return out

@@ -275,9 +275,29 @@ class Detector(nn.Module):
             chunks = [images[i:i + batch_size] for i in range(0, len(images), batch_size)] or [images]
         else:
             chunks = [images]
-        for chunk in chunks:
-            ims, names = to_image_list(chunk)
-            yield _as_u8(ims, self.image_size), [tuple(t.shape[-2:]) for t in ims], names
+        def is_paths(chunk) -> bool:
+            return isinstance(chunk, (list, tuple)) and len(chunk) > 0 and \
+                all(isinstance(x, (str, os.PathLike)) for x in chunk)
+
+        if not all(is_paths(c) for c in chunks):
+            for chunk in chunks:
+                ims, names = to_image_list(chunk)
+                yield _as_u8(ims, self.image_size), [tuple(t.shape[-2:]) for t in ims], names
+            return
+        # Files: decode and resize images in worker threads, the next batch while this one runs (PIL, the resize
+        # and the runtimes release the GIL); at most two batches are in memory at once.
+        from concurrent.futures import ThreadPoolExecutor
+
+        from .data import decode_resized
+
+        S = self.image_size
+        with ThreadPoolExecutor(max_workers=max(2, torch.get_num_threads()),
+                                thread_name_prefix="fastmsfd-decode") as pool:
+            pending = [pool.submit(decode_resized, p, S) for p in chunks[0]]
+            for k, chunk in enumerate(chunks):
+                done = [f.result() for f in pending]  # the first unreadable file raises, naming itself
+                pending = [pool.submit(decode_resized, p, S) for p in chunks[k + 1]] if k + 1 < len(chunks) else []
+                yield torch.stack([u for u, _ in done]), [hw for _, hw in done], [str(p) for p in chunk]
 
     @torch.no_grad()
     def predict(self, images, batch_size: int = 16, progress: bool = False) -> Prediction:

@@ -1,0 +1,145 @@
+"""`fastmsfd bench`: end-to-end speed of every available runtime beside the naive eager pipeline, same run.
+
+Naive pipeline (the baseline every ratio is against): float32, NCHW, the whole backbone (all stages, as a
+forward-hook implementation would run it), the reference ops (fastmsfd/anomaly_map.py), torch preprocessing.
+Each fastmsfd row is a Detector with that runtime (truncated backbones, channels_last, compiled ops or the
+exported graph). Two measurements each: from uint8 images already at image_size ("decode excluded") and from JPEG
+files on disk through Detector.predict / PIL ("decode included"). Medians of repeated runs; weights are random
+when a backbone's file is absent (speed does not depend on them; a warning says so).
+"""
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import anomaly_map as ref
+from .backbones import BACKBONES, build_backbone, default_layers, find_weights_file, normalization
+
+
+class NaivePipeline:
+    """fp32 NCHW, full backbones, reference ops: what a straightforward implementation runs."""
+
+    def __init__(self, backbone: str, image_size: int, layers=None):
+        valid = BACKBONES[backbone][1]
+        self.layers = tuple(layers or default_layers(backbone))
+        deepest = valid[-1]
+        full = self.layers + ((deepest,) if deepest not in self.layers else ())
+        self.teacher = build_backbone(backbone, full).eval()
+        self.student = build_backbone(backbone, full).eval()
+        mean, std = normalization(backbone)
+        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(std).view(1, 3, 1, 1)
+        self.size = image_size
+
+    @torch.no_grad()
+    def __call__(self, images_u8: torch.Tensor):
+        x = (images_u8.float() / 255.0 - self.mean) / self.std
+        n = len(self.layers)
+        t, s = self.teacher(x)[:n], self.student(x)[:n]
+        S = self.size
+        shapes = [tuple(f.shape[-2:]) for f in t]
+        return ref.anomaly_map(t, s, (S, S), [1.0] * n, 1.0, 1.0, ref.default_sigmas(shapes, (S, S)),
+                               [None] * n, "sum", 0.01)
+
+    def from_files(self, paths):
+        ims = [torch.from_numpy(np.asarray(Image.open(p).convert("RGB"))).permute(2, 0, 1) for p in paths]
+        x = torch.stack([torch.nn.functional.interpolate(i[None].float(), size=(self.size, self.size),
+                                                         mode="bilinear", antialias=True)[0] for i in ims])
+        return self(x.round().clamp(0, 255).to(torch.uint8))
+
+
+def _median_seconds(fn, reps: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _jpegs(folder: Path, n: int, size: int, seed: int = 0) -> list[Path]:
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        low = rng.random((8, 8, 3))
+        img = Image.fromarray((low * 255).astype(np.uint8)).resize((size, size), Image.BICUBIC)
+        paths.append(folder / f"{i:04d}.jpg")
+        img.save(paths[-1], quality=90)
+    return paths
+
+
+def run_bench(backbone: str = "efficientnet_lite0", image_size: int = 256, batch: int = 8,
+              runtimes=("torch", "onnxruntime", "openvino"), precisions=("float32",), reps: int = 10,
+              file_size: int = 512, progress=print) -> dict:
+    """Rows of {pipeline, runtime, precision, latency_ms (batch 1), throughput (images/s at `batch`), ...}."""
+    from . import Detector
+    from .runtimes import runtime_status
+
+    status = runtime_status()
+    weights = None
+    if find_weights_file(backbone) is None:
+        warnings.warn(f"no weights file for {backbone}: benchmarking random weights (speed is the same)")
+        weights = "random"
+    g = torch.Generator().manual_seed(0)
+    u8 = torch.randint(0, 256, (batch, 3, image_size, image_size), dtype=torch.uint8, generator=g)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        files = _jpegs(Path(tmp), batch, file_size)
+
+        def measure(name, runtime, precision, one, many, from_files):
+            lat = _median_seconds(one, reps)
+            thr = _median_seconds(many, max(3, reps // 2))
+            dec = _median_seconds(from_files, max(3, reps // 2))
+            row = dict(pipeline=name, runtime=runtime, precision=precision, latency_ms=round(lat * 1e3, 2),
+                       throughput=round(batch / thr, 1), throughput_with_decode=round(batch / dec, 1))
+            rows.append(row)
+            progress(f"  {name:8s} {runtime:12s} {precision:9s} batch-1 {row['latency_ms']:8.2f} ms   "
+                     f"batch-{batch} {row['throughput']:7.1f} img/s   with decode {row['throughput_with_decode']:7.1f}")
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            naive = NaivePipeline(backbone, image_size)
+        measure("naive", "torch-eager", "float32", lambda: naive(u8[:1]), lambda: naive(u8),
+                lambda: naive.from_files(files))
+        for runtime in runtimes:
+            if status.get(runtime):
+                progress(f"  skipped {runtime}: {status[runtime]}")
+                continue
+            for precision in precisions:
+                if runtime != "torch" and precision not in ("float32", "bfloat16"):
+                    continue
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    det = Detector(backbone, image_size=image_size, weights=weights, runtime=runtime,
+                                   precision=precision)
+                det.eval()
+                with torch.no_grad():
+                    measure("fastmsfd", runtime, precision, lambda: det._infer(u8[:1]), lambda: det._infer(u8),
+                            lambda: det.predict(files, batch_size=batch))
+    base = rows[0]
+    for r in rows:
+        r["speedup_throughput"] = round(r["throughput"] / base["throughput"], 2)
+        r["speedup_latency"] = round(base["latency_ms"] / r["latency_ms"], 2)
+        r["speedup_with_decode"] = round(r["throughput_with_decode"] / base["throughput_with_decode"], 2)
+    return dict(backbone=backbone, image_size=image_size, batch=batch, threads=torch.get_num_threads(),
+                torch=torch.__version__, weights="random" if weights else "pretrained", rows=rows)
+
+
+def markdown(result: dict) -> str:
+    lines = [f"{result['backbone']} at {result['image_size']}x{result['image_size']}, batch {result['batch']}, "
+             f"{result['threads']} threads, torch {result['torch']}, {result['weights']} weights",
+             "", "| pipeline | runtime | precision | batch-1 latency ms | images/s | x naive | images/s with decode "
+             "| x naive |", "|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['pipeline']} | {r['runtime']} | {r['precision']} | {r['latency_ms']} | {r['throughput']} "
+                     f"| {r['speedup_throughput']} | {r['throughput_with_decode']} | {r['speedup_with_decode']} |")
+    return "\n".join(lines)
