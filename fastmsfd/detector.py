@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +91,7 @@ class Detector(nn.Module):
         self.register_buffer("threshold", torch.tensor(float("nan")))
         self.runtime_request = runtime
         self._runner = None                  # the exported graph in ONNX Runtime / OpenVINO, built on first use
+        self._lock = threading.RLock()       # guards lazy runner creation and train/eval switches in predict
         self._runtime: tuple[str, str] | None = None
         self.ops_backend = ops_backend
         self.history: TrainHistory | None = None
@@ -148,12 +150,16 @@ class Detector(nn.Module):
         """uint8 (B, 3, S, S) -> heatmaps, scores with the chosen runtime."""
         if self.runtime == "torch":
             return self.anomaly_maps(self._prepare(images_u8))
-        if self._runner is None:
-            from .export import onnx_bytes
-            from .runtimes import build_runner
+        runner = self._runner
+        if runner is None:
+            with self._lock:
+                if self._runner is None:
+                    from .export import onnx_bytes
+                    from .runtimes import build_runner
 
-            self._runner = build_runner(self.runtime, onnx_bytes(self), self.config["precision"])
-        return self._runner(images_u8)
+                    self._runner = build_runner(self.runtime, onnx_bytes(self), self.config["precision"])
+                runner = self._runner
+        return runner(images_u8)
 
     def export_onnx(self, path: str | os.PathLike, dynamic_batch: bool = True) -> Path:
         """One ONNX graph from uint8 images (B, 3, S, S) to (heatmap, score), normalisation inside, preprocessing
@@ -239,7 +245,7 @@ class Detector(nn.Module):
         self.layer_weights.fill_(1.0)
         self.teacher.fit_statistics(self._prepare(train[i:i + 32]) for i in range(0, len(train), 32))
         self.history = distill(self.teacher, self.student, self.features, train, val, self._prepare, cfg)
-        self.student.eval()
+        self.eval()
         self._set_layer_weights(val)
         self.fitted = True
         self.reset_runtime()
@@ -300,28 +306,35 @@ class Detector(nn.Module):
                 yield torch.stack([u for u, _ in done]), [hw for _, hw in done], [str(p) for p in chunk]
 
     @torch.no_grad()
-    def predict(self, images, batch_size: int = 16, progress: bool = False) -> Prediction:
-        """Heatmaps and scores for paths, a folder, PIL images, uint8 arrays or float tensors of any size."""
-        from tqdm.auto import tqdm
-
+    def predict_iter(self, images, batch_size: int = 16):
+        """Like predict, one Prediction per batch: memory stays flat however many images there are."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        was_training = self.training
-        self.eval()
-        heats, scores, sizes, names = [], [], [], []
-        for u8, sz, nm in tqdm(self._batches(images, batch_size), desc="predicting", disable=not progress):
-            h, s = self._infer(u8)
-            heats.append(h.float().cpu())
-            scores.append(s.float().cpu())
-            sizes += sz
-            names += nm
-        self.train(was_training)
-        heat, score = torch.cat(heats), torch.cat(scores)
+        if self.training:
+            # Inference needs eval mode. The switch is one-way (like model.eval()), never undone behind another
+            # thread's back, so concurrent predict calls always see the same frozen networks.
+            self.eval()
         thr = float(self.threshold)
-        labels = masks = None
-        if not math.isnan(thr):
-            labels, masks = score > thr, heat > thr
-        return Prediction(heat, score, labels, masks, sizes, names)
+        for u8, sizes, names in self._batches(images, batch_size):
+            h, s = self._infer(u8)
+            h, s = h.float().cpu(), s.float().cpu()
+            labels = masks = None
+            if not math.isnan(thr):
+                labels, masks = s > thr, h > thr
+            yield Prediction(h, s, labels, masks, sizes, names)
+
+    @torch.no_grad()
+    def predict(self, images, batch_size: int = 16, progress: bool = False) -> Prediction:
+        """Heatmaps and scores for paths, a folder, PIL images, uint8 arrays or float tensors of any size.
+        Puts the detector in eval mode. Safe to call from several threads at once (same results as sequential
+        calls); not while fit() runs."""
+        from tqdm.auto import tqdm
+
+        parts = list(tqdm(self.predict_iter(images, batch_size), desc="predicting", disable=not progress))
+        cat = (lambda xs: None if xs[0] is None else torch.cat(xs))
+        return Prediction(torch.cat([p.heatmaps for p in parts]), torch.cat([p.scores for p in parts]),
+                          cat([p.labels for p in parts]), cat([p.masks for p in parts]),
+                          [hw for p in parts for hw in p.sizes], [n for p in parts for n in p.names])
 
     def train(self, mode: bool = True) -> "Detector":
         super().train(mode)

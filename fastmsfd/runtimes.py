@@ -2,9 +2,12 @@
 
 `Detector(runtime=...)`: "torch" (the PyTorch modules, channels_last, compiled ops), "onnxruntime", "openvino",
 or "auto": on a CPU with float32 precision the fastest one installed (measured: docs/performance.md), else torch.
-Every runtime returns the same heatmaps and scores up to float32 rounding (tests/test_export.py).
+Every runtime returns the same heatmaps and scores up to float32 rounding (tests/test_export.py), and each may be
+called from several threads at once (ONNX Runtime sessions are thread-safe; OpenVINO gets one request a thread).
 """
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 import torch
@@ -71,10 +74,13 @@ class OpenVinoRunner:
         config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY",
                   "INFERENCE_NUM_THREADS": threads or torch.get_num_threads()}
         self.compiled = core.compile_model(model, "CPU", config)
-        self.request = self.compiled.create_infer_request()
+        self._local = threading.local()  # an InferRequest is not thread-safe: one per calling thread
 
     def __call__(self, images_u8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.request.infer({"images": np.ascontiguousarray(images_u8.cpu().numpy())})
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
+        out = request.infer({"images": np.ascontiguousarray(images_u8.cpu().numpy())})
         heat, score = (np.array(out[self.compiled.output(i)]) for i in range(2))
         return torch.from_numpy(heat), torch.from_numpy(score)
 
