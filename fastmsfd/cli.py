@@ -44,9 +44,10 @@ def _build_detector(args):
     return Detector(backbone=args.backbone, layers=layers, image_size=args.image_size, weights=args.weights)
 
 
-def _fit(det, data, args):
+def _fit(det, data, args, state_path=None, resume=False):
     return det.fit(data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                   progress=not args.quiet)
+                   progress=not args.quiet, state_path=None if state_path is None else str(state_path),
+                   resume=resume)
 
 
 def _fmt(v) -> str:
@@ -128,8 +129,20 @@ def cmd_demo(args) -> int:
 
 
 def cmd_fit(args) -> int:
-    det = _fit(_build_detector(args), args.data, args)
+    state = Path(str(args.output) + ".state")
+    if state.exists() and not args.resume:
+        raise ValueError(f"{state}: an interrupted run's training state is here; pass --resume to continue it "
+                         "or delete it to start afresh")
+    try:
+        det = _fit(_build_detector(args), args.data, args, state_path=state, resume=args.resume)
+    except KeyboardInterrupt:
+        if state.exists():
+            print(f"fastmsfd: interrupted; the last completed epoch is saved in {state}: run the same command "
+                  "with --resume to continue", file=sys.stderr)
+            return 130
+        raise
     det.save(args.output)
+    state.unlink(missing_ok=True)
     h = det.history
     print(f"fitted {det!r}\n  {len(h.val_loss)} epochs in {h.seconds:.1f}s, best held-out loss "
           f"{min(h.val_loss):.4f} at epoch {h.best_epoch + 1}; saved {args.output}")
@@ -336,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "stopping, per-layer weights and the threshold.")
     p.add_argument("data", help="folder of normal images or MVTec category folder")
     p.add_argument("-o", "--output", required=True, help="checkpoint to write (.fastmsfd)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from OUTPUT.state (written after every epoch)")
     _add_model_args(p)
     p.set_defaults(fn=cmd_fit)
 

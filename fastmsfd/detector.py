@@ -240,6 +240,12 @@ class Detector(nn.Module):
         n_val = min(max(1, round(n * val_fraction)), n - 2) if n >= 5 else 0
         val = images[order[:n_val]] if n_val else images
         train = images[order[n_val:]]
+        # A fresh student initialised from the seed: fit is reproducible across processes and a second fit starts
+        # from scratch instead of continuing the first.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            student = build_student(self.config["backbone"], self.layers)
+        self.student = student.to(self.device, memory_format=torch.channels_last)
         cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, alpha=self.config["alpha"],
                           beta=self.config["beta"], seed=seed, progress=progress, **train_kwargs)
         self.layer_weights.fill_(1.0)

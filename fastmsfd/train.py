@@ -6,16 +6,24 @@ and a divergence guard that rolls back to the last good state and halves the lea
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
 from . import ops
-from .errors import TrainingDivergedError
+from .errors import CheckpointError, TrainingDivergedError
+
+STATE_FORMAT = 1
+# Settings that must match for a saved state to continue the same run.
+_RUN_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "grad_clip", "patience", "alpha", "beta", "seed", "augment")
 
 
 @dataclass
@@ -32,6 +40,8 @@ class TrainConfig:
     augment: str | None = None  # None, "flip" (horizontal + vertical) or "dihedral" (flips and 90-degree turns)
     progress: bool = True
     max_rollbacks: int = 3
+    state_path: str | None = None  # resumable training state, rewritten (atomically) after every epoch
+    resume: bool = False           # continue from state_path when it exists
 
 
 @dataclass
@@ -87,6 +97,32 @@ def held_out_loss(student: nn.Module, features: Callable, images_u8: torch.Tenso
     return total / max(count, 1)
 
 
+def _fingerprint(cfg: TrainConfig, n_train: int, n_val: int) -> str:
+    return json.dumps(dict({k: getattr(cfg, k) for k in _RUN_KEYS}, n_train=n_train, n_val=n_val), sort_keys=True)
+
+
+def save_state(path: str | os.PathLike, state: dict) -> None:
+    """Atomically write a training state (tensors and plain values only: loading it never runs code)."""
+    from .checkpoint import atomic_path
+
+    with atomic_path(path, suffix=".state.tmp") as tmp:
+        torch.save(state, tmp)
+
+
+def load_state(path: str | os.PathLike, fingerprint: str) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # no pickle code execution
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a readable fastmsfd training state ({type(exc).__name__}: "
+                              f"{str(exc)[:200]})") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"{path}: not a fastmsfd training state of format {STATE_FORMAT}")
+    if state.get("run") != fingerprint:
+        raise CheckpointError(f"{path}: written by a run with other settings or data ({state.get('run')}); "
+                              f"this run is {fingerprint}. Delete it to start afresh")
+    return state
+
+
 def distill(teacher: nn.Module, student: nn.Module, features: Callable, train_u8: torch.Tensor,
             val_u8: torch.Tensor, prepare: Callable[[torch.Tensor], torch.Tensor], cfg: TrainConfig) -> TrainHistory:
     """Train `student` in place; on return it holds the state with the best held-out loss.
@@ -106,10 +142,22 @@ def distill(teacher: nn.Module, student: nn.Module, features: Callable, train_u8
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs * steps_per_epoch))
     hist = TrainHistory()
     best_state, best_val = copy.deepcopy(student.state_dict()), math.inf
-    good_state = (copy.deepcopy(student.state_dict()), copy.deepcopy(opt.state_dict()))
-    bar = tqdm(total=cfg.epochs, desc="fitting", unit="epoch", disable=not cfg.progress)
     epoch = 0
-    while epoch < cfg.epochs:
+    fingerprint = _fingerprint(cfg, len(train_u8), len(val_u8))
+    if cfg.resume and cfg.state_path and Path(cfg.state_path).is_file():
+        st = load_state(cfg.state_path, fingerprint)
+        student.load_state_dict(st["student"])
+        opt.load_state_dict(st["opt"])
+        sched.load_state_dict(st["sched"])
+        gen.set_state(st["gen"])
+        torch.set_rng_state(st["torch_rng"])
+        best_state, best_val, epoch = st["best"], float(st["best_val"]), int(st["epoch"])
+        hist = TrainHistory(**st["hist"])
+        start -= hist.seconds
+    good_state = (copy.deepcopy(student.state_dict()), copy.deepcopy(opt.state_dict()))
+    bar = tqdm(total=cfg.epochs, initial=epoch, desc="fitting", unit="epoch", disable=not cfg.progress)
+    stop = epoch > 0 and epoch - 1 - hist.best_epoch >= cfg.patience
+    while epoch < cfg.epochs and not stop:
         running, seen, diverged = 0.0, 0, False
         for idx in _batches(len(train_u8), cfg.batch_size, gen):
             if len(idx) < 2 and len(train_u8) > 1:
@@ -149,8 +197,13 @@ def distill(teacher: nn.Module, student: nn.Module, features: Callable, train_u8
         bar.update(1)
         epoch += 1
         if epoch - 1 - hist.best_epoch >= cfg.patience:
-            hist.stopped_early = True
-            break
+            hist.stopped_early = stop = True
+        if cfg.state_path:
+            hist.seconds = time.perf_counter() - start
+            save_state(cfg.state_path, dict(
+                format=STATE_FORMAT, run=fingerprint, epoch=epoch, student=student.state_dict(), best=best_state,
+                best_val=best_val, opt=opt.state_dict(), sched=sched.state_dict(), gen=gen.get_state(),
+                torch_rng=torch.get_rng_state(), hist=dataclasses.asdict(hist)))
     bar.close()
     student.load_state_dict(best_state)
     student.eval()
