@@ -35,13 +35,33 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
+    _add_inference_args(p)
+
+
+def _add_inference_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnxruntime", "openvino"],
+                   help="inference runtime (default: auto = the fastest installed that keeps float32 accuracy)")
+    p.add_argument("--precision", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="network precision (default: float32, or the checkpoint's)")
 
 
 def _build_detector(args):
     from . import Detector
 
     layers = args.layers.split(",") if args.layers else None
-    return Detector(backbone=args.backbone, layers=layers, image_size=args.image_size, weights=args.weights)
+    return Detector(backbone=args.backbone, layers=layers, image_size=args.image_size, weights=args.weights,
+                    runtime=args.runtime, precision=args.precision or "float32")
+
+
+def _load_detector(path, args):
+    """A checkpoint with the command's --runtime/--precision applied."""
+    from . import Detector
+
+    det = Detector.load(path, runtime=getattr(args, "runtime", "auto"))
+    if getattr(args, "precision", None):
+        det.config["precision"] = args.precision
+        det.reset_runtime()
+    return det
 
 
 def _fit(det, data, args, state_path=None, resume=False):
@@ -157,7 +177,7 @@ def cmd_predict(args) -> int:
     from .errors import FastMSFDError
     from .viz import save_overlay
 
-    det = Detector.load(args.model)
+    det = _load_detector(args.model, args)
     paths: list[Path] = []
     for item in args.images:
         p = Path(item)
@@ -247,7 +267,7 @@ def cmd_eval(args) -> int:
     for cat in cats:
         fit_s = None
         if args.checkpoint:
-            det = Detector.load(_checkpoint_for(args, cat.name))
+            det = _load_detector(_checkpoint_for(args, cat.name), args)
         else:
             t0 = time.perf_counter()
             det = _fit(_build_detector(args), require_train(cat), args)
@@ -258,8 +278,8 @@ def cmd_eval(args) -> int:
             plot_curves(res, out / "plots")
             overlay_grid(res, out / "overlays" / f"{cat.name}_grid.png")
         epochs = det.config.get("epochs_run")
-        entries.append(category_entry(res, fit_s, dict(epochs_run=epochs, layout=cat.kind,
-                                                       n_train=len(cat.train))))
+        entries.append(category_entry(res, fit_s, dict(epochs_run=epochs, layout=cat.kind, n_train=len(cat.train),
+                                                       runtime=det.runtime, precision=det.config["precision"])))
         configs[cat.name] = {k: v for k, v in det.config.items() if k != "layers"} | {"layers": det.config["layers"]}
         print(f"{cat.name} ({res.resolution}): " + ", ".join(f"{k} {_fmt(v)}" for k, v in res.metrics.items()) +
               ("" if fit_s is None else f", fit {fit_s:.0f}s") + f", eval {res.seconds:.0f}s")
@@ -363,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--strict", action="store_true", help="exit non-zero if any file could not be read")
     p.add_argument("--no-overlays", action="store_true", help="only write scores.csv")
+    _add_inference_args(p)
     p.set_defaults(fn=cmd_predict)
 
     p = sub.add_parser("eval", help="fit per category (or load) and evaluate: metrics, plots, overlays, report",

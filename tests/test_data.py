@@ -144,3 +144,13 @@ def test_in_memory_conversions(rng):
     assert ims[4].shape == (3, 5, 6)
     strided = torch.rand(2, 3, 10, 12)[:, :, ::2, ::3]  # non-contiguous
     assert to_image_list(strided)[0][0].shape == (3, 5, 4)
+
+
+def test_inf_and_non_contiguous_tensors():
+    with pytest.raises(ValueError, match="NaN|inf"):
+        to_image_list(torch.full((1, 3, 4, 4), float("inf")))
+    x = torch.rand(2, 3, 6, 5)
+    strided = x.permute(0, 1, 3, 2).contiguous().permute(0, 1, 3, 2)  # same values, not contiguous
+    assert not strided.is_contiguous()
+    got, _ = to_image_list(strided)
+    assert all(torch.equal(a, b) for a, b in zip(got, x))  # handled, not refused

@@ -20,6 +20,8 @@ from fastmsfd.errors import ImageDecodeError
 from fastmsfd.runtimes import runtime_status
 
 SIZE = 48
+# A longer campaign: FASTMSFD_FUZZ_EXAMPLES=5000 .venv/bin/python -m pytest tests/test_reliability.py -k fuzz
+FUZZ = int(os.environ.get("FASTMSFD_FUZZ_EXAMPLES", "150"))
 
 
 def _images(n, seed=0):
@@ -125,7 +127,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 JPEG = b"\xff\xd8\xff"
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=FUZZ, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.one_of(st.binary(max_size=512), st.binary(max_size=512).map(lambda b: PNG + b),
                  st.binary(max_size=512).map(lambda b: JPEG + b)))
 def test_decoder_fuzz_raises_only_image_decode_error(tmp_path, data):
@@ -148,7 +150,7 @@ def _valid_png(rng):
     return bytearray(buf.getvalue())
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=FUZZ, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)), min_size=1, max_size=6), st.integers(0, 60))
 def test_decoder_fuzz_mutated_and_truncated_png(tmp_path, flips, cut):
     data = _valid_png(np.random.default_rng(0))
@@ -168,7 +170,7 @@ BACKENDS = [b for b, why in ops.backend_status("cpu").items() if why is None and
 
 
 @pytest.mark.skipif(not BACKENDS, reason="no compiled CPU backend")
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=max(FUZZ // 3, 20), deadline=None)
 @given(st.integers(1, 3), st.lists(st.tuples(st.integers(1, 70), st.integers(1, 12), st.integers(1, 12)),
                                    min_size=1, max_size=4),
        st.integers(1, 40), st.integers(1, 40), st.sampled_from(["sum", "mean", "max", "product"]),
