@@ -38,6 +38,11 @@ class NaivePipeline:
         self.std = torch.tensor(std).view(1, 3, 1, 1)
         self.size = image_size
 
+    def to(self, device) -> "NaivePipeline":
+        self.teacher, self.student = self.teacher.to(device), self.student.to(device)
+        self.mean, self.std = self.mean.to(device), self.std.to(device)
+        return self
+
     @torch.no_grad()
     def __call__(self, images_u8: torch.Tensor):
         x = (images_u8.float() / 255.0 - self.mean) / self.std
@@ -52,7 +57,7 @@ class NaivePipeline:
         ims = [torch.from_numpy(np.asarray(Image.open(p).convert("RGB"))).permute(2, 0, 1) for p in paths]
         x = torch.stack([torch.nn.functional.interpolate(i[None].float(), size=(self.size, self.size),
                                                          mode="bilinear", antialias=True)[0] for i in ims])
-        return self(x.round().clamp(0, 255).to(torch.uint8))
+        return self(x.round().clamp(0, 255).to(torch.uint8).to(self.mean.device))
 
 
 def _median_seconds(fn, reps: int, warmup: int = 2) -> float:
@@ -79,7 +84,7 @@ def _jpegs(folder: Path, n: int, size: int, seed: int = 0) -> list[Path]:
 
 def run_bench(backbone: str = "efficientnet_lite0", image_size: int = 256, batch: int = 8,
               runtimes=("torch", "onnxruntime", "openvino"), precisions=("float32",), reps: int = 10,
-              file_size: int = 512, progress=print) -> dict:
+              file_size: int = 512, progress=print, device: str = "cpu", compile: bool | str = False) -> dict:
     """Rows of {pipeline, runtime, precision, latency_ms (batch 1), throughput (images/s at `batch`), ...}."""
     from . import Detector
     from .runtimes import runtime_status
@@ -90,15 +95,16 @@ def run_bench(backbone: str = "efficientnet_lite0", image_size: int = 256, batch
         warnings.warn(f"no weights file for {backbone}: benchmarking random weights (speed is the same)")
         weights = "random"
     g = torch.Generator().manual_seed(0)
-    u8 = torch.randint(0, 256, (batch, 3, image_size, image_size), dtype=torch.uint8, generator=g)
+    u8 = torch.randint(0, 256, (batch, 3, image_size, image_size), dtype=torch.uint8, generator=g).to(device)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         files = _jpegs(Path(tmp), batch, file_size)
 
         def measure(name, runtime, precision, one, many, from_files):
-            lat = _median_seconds(one, reps)
-            thr = _median_seconds(many, max(3, reps // 2))
-            dec = _median_seconds(from_files, max(3, reps // 2))
+            lat = _median_seconds(lambda: (one(), sync()), reps)
+            thr = _median_seconds(lambda: (many(), sync()), max(3, reps // 2))
+            dec = _median_seconds(lambda: (from_files(), sync()), max(3, reps // 2))
             row = dict(pipeline=name, runtime=runtime, precision=precision, latency_ms=round(lat * 1e3, 2),
                        throughput=round(batch / thr, 1), throughput_with_decode=round(batch / dec, 1))
             rows.append(row)
@@ -107,10 +113,12 @@ def run_bench(backbone: str = "efficientnet_lite0", image_size: int = 256, batch
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            naive = NaivePipeline(backbone, image_size)
+            naive = NaivePipeline(backbone, image_size).to(device)
         measure("naive", "torch-eager", "float32", lambda: naive(u8[:1]), lambda: naive(u8),
                 lambda: naive.from_files(files))
         for runtime in runtimes:
+            if runtime != "torch" and torch.device(device).type != "cpu":
+                continue  # the exported runtimes run on the CPU
             if status.get(runtime):
                 progress(f"  skipped {runtime}: {status[runtime]}")
                 continue
@@ -120,17 +128,19 @@ def run_bench(backbone: str = "efficientnet_lite0", image_size: int = 256, batch
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     det = Detector(backbone, image_size=image_size, weights=weights, runtime=runtime,
-                                   precision=precision)
+                                   precision=precision, device=device,
+                                   compile=compile if runtime == "torch" else False)
                 det.eval()
                 with torch.no_grad():
-                    measure("fastmsfd", runtime, precision, lambda: det._infer(u8[:1]), lambda: det._infer(u8),
+                    label = runtime + ("+compile" if compile and runtime == "torch" else "")
+                    measure("fastmsfd", label, precision, lambda: det._infer(u8[:1]), lambda: det._infer(u8),
                             lambda: det.predict(files, batch_size=batch))
     base = rows[0]
     for r in rows:
         r["speedup_throughput"] = round(r["throughput"] / base["throughput"], 2)
         r["speedup_latency"] = round(base["latency_ms"] / r["latency_ms"], 2)
         r["speedup_with_decode"] = round(r["throughput_with_decode"] / base["throughput_with_decode"], 2)
-    return dict(backbone=backbone, image_size=image_size, batch=batch, threads=torch.get_num_threads(),
+    return dict(backbone=backbone, image_size=image_size, batch=batch, threads=torch.get_num_threads(), device=device,
                 torch=torch.__version__, weights="random" if weights else "pretrained", rows=rows)
 
 

@@ -314,7 +314,7 @@ def cmd_bench(args) -> int:
         for batch in args.batch:
             print(f"{backbone}, {args.image_size}x{args.image_size}, batch {batch}:")
             results.append(run_bench(backbone, args.image_size, batch, tuple(args.runtime), tuple(args.precision),
-                                     reps=args.reps))
+                                     reps=args.reps, device=args.device, compile=args.compile))
     for r in results:
         print("\n" + markdown(r))
     if args.json:
@@ -424,7 +424,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime", nargs="+", default=["torch", "onnxruntime", "openvino"])
     p.add_argument("--precision", nargs="+", default=["float32"], choices=["float32", "bfloat16", "float16"])
     p.add_argument("--reps", type=int, default=10, help="repetitions per measurement (median reported)")
-    p.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (the exported runtimes run on the CPU only)")
+    p.add_argument("--compile", nargs="?", const=True, default=False,
+                   help="torch.compile the torch runtime's networks (optionally a mode, e.g. reduce-overhead: CUDA "
+                        "graphs on a GPU)")
     p.add_argument("--json", help="also write the results as JSON here")
     p.set_defaults(fn=cmd_bench)
 

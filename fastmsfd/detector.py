@@ -66,7 +66,7 @@ class Detector(nn.Module):
                  runtime: str = "auto", precision: str = "float32", alpha: float = 1.0, beta: float = 1.0,
                  sigma_factor: float = ref.DEFAULT_SIGMA_FACTOR, aggregate: str = "sum",
                  score_topk: float | None = 0.01, blur_sigma: float | None = None, download: bool = False,
-                 ops_backend: str = "auto"):
+                 ops_backend: str = "auto", compile: bool | str = False):
         super().__init__()
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
@@ -90,6 +90,10 @@ class Detector(nn.Module):
         self.register_buffer("layer_weights", torch.ones(len(self.layers)))
         self.register_buffer("threshold", torch.tensor(float("nan")))
         self.runtime_request = runtime
+        # torch.compile of the inference networks (torch runtime, eval mode): True, or a torch.compile mode such as
+        # "reduce-overhead" (CUDA graphs for fixed shapes on a GPU) or "max-autotune".
+        self.compile_mode = compile
+        self._compiled = None
         self._runner = None                  # the exported graph in ONNX Runtime / OpenVINO, built on first use
         self._lock = threading.RLock()       # guards lazy runner creation and train/eval switches in predict
         self._runtime: tuple[str, str] | None = None
@@ -138,7 +142,7 @@ class Detector(nn.Module):
             if runtime not in RUNTIMES:
                 raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
             self.runtime_request = runtime
-        self._runner, self._runtime = None, None
+        self._runner, self._runtime, self._compiled = None, None, None
 
     def _apply(self, fn, *args, **kwargs):
         out = super()._apply(fn, *args, **kwargs)
@@ -183,6 +187,14 @@ class Detector(nn.Module):
 
     def features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Teacher and student features of normalised images (B, 3, S, S), under the chosen precision."""
+        if self.compile_mode and not self.training and not torch.is_grad_enabled():
+            if self._compiled is None:
+                mode = None if self.compile_mode is True else self.compile_mode
+                self._compiled = torch.compile(self._features, mode=mode, dynamic=False)
+            return self._compiled(x)
+        return self._features(x)
+
+    def _features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         with self._autocast():
             return self.teacher(x), self.student(x)
 

@@ -30,7 +30,8 @@ step bench_ops "$PY" -m pytest -q -p no:cacheprovider benchmarks/test_bench_ops.
   --benchmark-json "$dest/bench_ops.json"
 step bandwidth "$PY" scripts/kernel_bandwidth.py --device cuda --json "$dest/bandwidth.json"
 if "$PY" -m fastmsfd bench --help > /dev/null 2>&1; then
-  step bench_e2e "$PY" -m fastmsfd bench --device cuda --precision bf16 --batch 1 64 --json "$dest/bench_e2e.json"
+  step bench_e2e "$PY" -m fastmsfd bench --device cuda --runtime torch --precision float32 bfloat16 \
+    --compile reduce-overhead --batch 64 --json "$dest/bench_e2e.json"
 fi
 echo "results in $dest (exit $status)"
 exit $status

@@ -203,3 +203,17 @@ def test_dihedral_augmentation_draws_each_symmetry():
     variants = {tuple(o[0].flatten().tolist()) for o in out}
     assert len(variants) == 8  # the 8 symmetries of the square
     assert torch.equal(augment_batch(x, None, torch.Generator()), x)
+
+
+def test_torch_compile_option_gives_the_same_maps(fitted):
+    x = _images(2, seed=11)
+    fitted.reset_runtime("torch")
+    want = fitted.predict(x)
+    fitted.compile_mode = True
+    try:
+        got = fitted.predict(x)
+        assert fitted._compiled is not None
+    finally:
+        fitted.compile_mode = False
+        fitted.reset_runtime("auto")
+    torch.testing.assert_close(got.heatmaps, want.heatmaps, rtol=1e-4, atol=1e-4 * want.heatmaps.abs().max().item())
