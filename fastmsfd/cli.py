@@ -149,8 +149,10 @@ def cmd_demo(args) -> int:
 
 
 def cmd_fit(args) -> int:
+    from .distributed import is_main_process, launched_by_torchrun
+
     state = Path(str(args.output) + ".state")
-    if state.exists() and not args.resume:
+    if state.exists() and not args.resume and not launched_by_torchrun():
         raise ValueError(f"{state}: an interrupted run's training state is here; pass --resume to continue it "
                          "or delete it to start afresh")
     try:
@@ -161,6 +163,8 @@ def cmd_fit(args) -> int:
                   "with --resume to continue", file=sys.stderr)
             return 130
         raise
+    if not is_main_process():  # torchrun: every process holds the same model; the first one writes it
+        return 0
     det.save(args.output)
     state.unlink(missing_ok=True)
     h = det.history

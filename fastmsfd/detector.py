@@ -20,10 +20,11 @@ from ._version import __version__
 from .backbones import build_student, build_teacher, default_layers, normalization
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import is_mvtec_category, load_resized, resize_batch, to_image_list, training_paths
+from .distributed import init_from_env, to_plain_bn, to_sync_bn
 from .errors import CheckpointError, DataError
+from .runtimes import RUNTIMES
 from .train import TrainConfig, TrainHistory, distill
 
-from .runtimes import RUNTIMES
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LAYER_WEIGHT_QUANTILE = 0.99
 
@@ -258,11 +259,25 @@ class Detector(nn.Module):
             torch.manual_seed(seed)
             student = build_student(self.config["backbone"], self.layers)
         self.student = student.to(self.device, memory_format=torch.channels_last)
+        rank, world = init_from_env(self.device)  # torchrun: one shard of every global batch per process
         cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, alpha=self.config["alpha"],
-                          beta=self.config["beta"], seed=seed, progress=progress, **train_kwargs)
+                          beta=self.config["beta"], seed=seed, progress=progress and rank == 0, rank=rank,
+                          world_size=world, **train_kwargs)
         self.layer_weights.fill_(1.0)
         self.teacher.fit_statistics(self._prepare(train[i:i + 32]) for i in range(0, len(train), 32))
-        self.history = distill(self.teacher, self.student, self.features, train, val, self._prepare, cfg)
+        features = self.features
+        if world > 1:
+            to_sync_bn(self.student)
+            ddp = torch.nn.parallel.DistributedDataParallel(self.student)
+
+            def features(x):
+                with self._autocast():
+                    return self.teacher(x), ddp(x)
+        try:
+            self.history = distill(self.teacher, self.student, features, train, val, self._prepare, cfg)
+        finally:
+            if world > 1:
+                to_plain_bn(self.student)
         self.eval()
         self._set_layer_weights(val)
         self.fitted = True

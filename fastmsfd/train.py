@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from . import ops
+from .distributed import shard
 from .errors import CheckpointError, TrainingDivergedError
 
 STATE_FORMAT = 1
@@ -40,6 +42,8 @@ class TrainConfig:
     augment: str | None = None  # None, "flip" (horizontal + vertical) or "dihedral" (flips and 90-degree turns)
     progress: bool = True
     max_rollbacks: int = 3
+    rank: int = 0                  # torchrun: this process's rank and the number of processes
+    world_size: int = 1
     state_path: str | None = None  # resumable training state, rewritten (atomically) after every epoch
     resume: bool = False           # continue from state_path when it exists
 
@@ -160,11 +164,23 @@ def distill(teacher: nn.Module, student: nn.Module, features: Callable, train_u8
     while epoch < cfg.epochs and not stop:
         running, seen, diverged = 0.0, 0, False
         for idx in _batches(len(train_u8), cfg.batch_size, gen):
-            if len(idx) < 2 and len(train_u8) > 1:
-                continue  # BatchNorm needs two samples; the last lone image is seen in other epochs
-            t_feats, s_feats = features(prepare(augment_batch(train_u8[idx], cfg.augment, gen)))
+            if len(idx) < max(2, cfg.world_size) and len(train_u8) > 1:
+                continue  # BatchNorm needs two samples (every process one); the images are seen in other epochs
+            batch = augment_batch(train_u8[idx], cfg.augment, gen)  # same draws on every process
+            if cfg.world_size > 1:
+                local = shard(torch.arange(len(idx)), cfg.rank, cfg.world_size)
+                batch = batch[local]
+            t_feats, s_feats = features(prepare(batch))
             loss = ops.distill_loss(t_feats, s_feats, cfg.alpha, cfg.beta)
-            value = float(loss.detach())
+            if cfg.world_size > 1:
+                # weight this shard by its share of the global batch: DDP's gradient average then equals the
+                # gradient of the global-batch mean, as in one process
+                loss = loss * (len(batch) * cfg.world_size / len(idx))
+                total = loss.detach().clone()
+                dist.all_reduce(total)
+                value = float(total) / cfg.world_size
+            else:
+                value = float(loss.detach())
             if not math.isfinite(value) or (hist.train_loss and value > 1e3 * max(hist.train_loss[0], 1e-3)):
                 diverged = True
                 break
@@ -198,7 +214,7 @@ def distill(teacher: nn.Module, student: nn.Module, features: Callable, train_u8
         epoch += 1
         if epoch - 1 - hist.best_epoch >= cfg.patience:
             hist.stopped_early = stop = True
-        if cfg.state_path:
+        if cfg.state_path and cfg.rank == 0:
             hist.seconds = time.perf_counter() - start
             save_state(cfg.state_path, dict(
                 format=STATE_FORMAT, run=fingerprint, epoch=epoch, student=student.state_dict(), best=best_state,
