@@ -21,13 +21,13 @@ PY=${PYTHON:-.venv/bin/python}
 cuda_inc="$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")/include"
 [ -f "$cuda_inc/cuda_runtime_api.h" ] || cuda_inc=$(ls -d /usr/local/cuda*/include 2>/dev/null | head -1)
 if [ -x "$PY" ] && [ -f "$cuda_inc/cuda_runtime_api.h" ]; then
-  read -r torch_inc py_inc pyb_inc < <("$PY" -c "
-import sysconfig, pybind11, torch.utils.cpp_extension as e
-print(e.include_paths()[0], sysconfig.get_paths()['include'], pybind11.get_include())")
+  read -r torch_inc py_inc < <("$PY" -c "
+import sysconfig, torch.utils.cpp_extension as e
+print(e.include_paths()[0], sysconfig.get_paths()['include'])")  # torch ships the pybind11 headers
   mkdir -p "$out/stub/c10/cuda/impl"
   [ -f "$torch_inc/c10/cuda/impl/cuda_cmake_macros.h" ] || echo '#pragma once' > "$out/stub/c10/cuda/impl/cuda_cmake_macros.h"
   g++ -std=c++20 -fsyntax-only -Wno-c++20-extensions -DFASTMSFD_WITH_CUDA -I"$out/stub" -I"$torch_inc" \
-    -I"$torch_inc/torch/csrc/api/include" -I"$cuda_inc" -I"$py_inc" -I"$pyb_inc" csrc/ops.cpp
+    -I"$torch_inc/torch/csrc/api/include" -I"$cuda_inc" -I"$py_inc" csrc/ops.cpp
   echo "compile_cuda: csrc/ops.cpp CUDA registration path compiles"
 else
   echo "compile_cuda: skipped the csrc/ops.cpp CUDA syntax check (no venv python or CUDA headers)"
