@@ -8,6 +8,7 @@ import torch
 
 from . import _C  # noqa: F401  (loads the library that registers torch.ops.fastmsfd.*)
 from . import anomaly_map as ref
+from .distance_autograd import register_distance_autograd
 
 _ops = torch.ops.fastmsfd
 
@@ -35,19 +36,7 @@ def _anomaly_map_fake(teacher, student, g_rows, g_cols, weights, alpha, beta, mo
     return heat, heat.new_empty((B,))
 
 
-def _setup_context(ctx, inputs, output):
-    t, s, alpha, beta = inputs
-    ctx.save_for_backward(t, s, output[1])
-    ctx.alpha, ctx.beta = alpha, beta
-
-
-def _backward(ctx, grad_d, _grad_stats):
-    t, s, stats = ctx.saved_tensors
-    grad_s = _ops.distance_backward(grad_d, t, s, stats, ctx.alpha, ctx.beta) if ctx.needs_input_grad[1] else None
-    return None, grad_s, None, None  # the teacher is frozen: no gradient for it
-
-
-torch.library.register_autograd("fastmsfd::distance_forward", _backward, setup_context=_setup_context)
+register_distance_autograd("fastmsfd::distance_forward", _ops.distance_backward)
 
 
 def distance_map(t: torch.Tensor, s: torch.Tensor, alpha: float = 1.0, beta: float = 1.0) -> torch.Tensor:

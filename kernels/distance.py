@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from fastmsfd.distance_autograd import register_distance_autograd
+
 EPS = 1e-6
 INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
 # The CPU interpreter costs ~15 ms a program whatever its size: it gets fewer, larger blocks. Same kernel code.
@@ -134,19 +136,7 @@ def distance_backward(grad_d: torch.Tensor, t: torch.Tensor, s: torch.Tensor, st
     return grad_s
 
 
-def _setup_context(ctx, inputs, output):
-    t, s, alpha, beta = inputs
-    ctx.save_for_backward(t, s, output[1])
-    ctx.alpha, ctx.beta = alpha, beta
-
-
-def _backward(ctx, grad_d, _grad_stats):
-    t, s, stats = ctx.saved_tensors
-    grad_s = distance_backward(grad_d, t, s, stats, ctx.alpha, ctx.beta) if ctx.needs_input_grad[1] else None
-    return None, grad_s, None, None  # the teacher is frozen
-
-
-distance_forward.register_autograd(_backward, setup_context=_setup_context)
+register_distance_autograd("fastmsfd_triton::distance_forward", distance_backward)
 
 
 def distill_loss(teacher_feats, student_feats, alpha, beta, layer_weights):
