@@ -114,7 +114,8 @@ def cmd_demo(args) -> int:
     for cat in cats:
         t0 = time.perf_counter()
         det = Detector(image_size=args.image_size, score_topk=args.score_topk)
-        det.fit(cat, epochs=args.epochs, lr=args.lr, seed=args.seed, progress=not args.quiet)
+        det.fit(cat, epochs=args.epochs, lr=args.lr, seed=args.seed, progress=not args.quiet,
+                augment=None if args.augment == "none" else args.augment)
         fit_s = time.perf_counter() - t0
         det.save(out / cat.name / "model.fastmsfd")
         res = evaluate_category(det, cat)
@@ -364,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--score-topk", type=float, default=0.01, help="image score: mean of the top fraction")
+    p.add_argument("--augment", default="none", choices=["none", "flip", "dihedral"],
+                   help="random flips (and 90-degree turns) of the normal images while training")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=cmd_demo)
 
