@@ -197,7 +197,10 @@ class Detector(nn.Module):
 
     def _features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         with self._autocast():
-            return self.teacher(x), self.student(x)
+            t, s = self.teacher(x), self.student(x)
+        # under autocast the teacher's float32 standardisation can leave it in float32 while the student is in
+        # bfloat16/float16: give both the student's dtype (the distance kernels accumulate in float32 anyway)
+        return [a.to(b.dtype) for a, b in zip(t, s)], s
 
     def _sigmas(self, feats: Sequence[torch.Tensor]) -> list[float]:
         S = self.image_size

@@ -217,3 +217,20 @@ def test_torch_compile_option_gives_the_same_maps(fitted):
         fitted.compile_mode = False
         fitted.reset_runtime("auto")
     torch.testing.assert_close(got.heatmaps, want.heatmaps, rtol=1e-4, atol=1e-4 * want.heatmaps.abs().max().item())
+
+
+@pytest.mark.parametrize("precision", ["bfloat16"])
+def test_low_precision_predicts_close_to_float32(fitted, precision):
+    x = _images(3, seed=12)
+    fitted.reset_runtime("torch")
+    want = fitted.predict(x)
+    fitted.config["precision"] = precision
+    try:
+        got = fitted.predict(x)
+    finally:
+        fitted.config["precision"] = "float32"
+        fitted.reset_runtime("auto")
+    assert got.heatmaps.dtype == torch.float32 and torch.isfinite(got.heatmaps).all()
+    # bfloat16 networks: a few percent of the heatmap's range (docs/performance.md has the AUROC effect)
+    scale = want.heatmaps.abs().max().item()
+    assert (got.heatmaps - want.heatmaps).abs().max().item() < 0.25 * scale
