@@ -9,6 +9,7 @@ Markdown table of the metrics, the change against torch float32, and the evaluat
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -16,6 +17,8 @@ from pathlib import Path
 
 COMBOS = [("torch", "float32"), ("torch", "bfloat16"), ("onnxruntime", "float32"), ("openvino", "float32"),
           ("openvino", "bfloat16")]
+if os.environ.get("COMBOS"):  # e.g. COMBOS=torch:float32,torch:bfloat16 (the first is the baseline)
+    COMBOS = [tuple(c.split(":")) for c in os.environ["COMBOS"].split(",")]
 
 
 def run(data: str, models: str, runtime: str, precision: str, out: Path) -> dict:
