@@ -96,12 +96,17 @@ def aggregate(maps: Sequence[torch.Tensor], weights: Sequence[float], mode: str)
     return out / len(maps) if mode == "mean" else out
 
 
+def topk_count(topk: float, n_pixels: int) -> int:
+    """How many pixels the top-k score averages: ceil(topk * n), at least 1 (one rounding for every backend)."""
+    return max(1, math.ceil(topk * n_pixels))
+
+
 def image_score(heat: torch.Tensor, topk: float | None = None) -> torch.Tensor:
     """The heatmap maximum, or the mean of its top-k fraction (0 < topk <= 1). NaN propagates."""
     flat = heat.flatten(1)
     if topk is None:
         return flat.max(dim=1).values if flat.shape[1] else flat.new_zeros(flat.shape[0])
-    k = max(1, math.ceil(topk * flat.shape[1]))
+    k = topk_count(topk, flat.shape[1])
     return flat.topk(k, dim=1).values.mean(dim=1)
 
 

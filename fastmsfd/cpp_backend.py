@@ -2,7 +2,6 @@
 of the distance, and the wrappers that ops.py dispatches to as backend "cpp" (CPU) and "cuda"."""
 from __future__ import annotations
 
-import math
 
 import torch
 
@@ -61,7 +60,7 @@ def anomaly_map(teacher_feats, student_feats, out_size, layer_weights, alpha, be
         device = teacher_feats[0].device
         blur_rows = ref.gaussian_matrix(H, H, blur_sigma, None, device)
         blur_cols = ref.gaussian_matrix(W, W, blur_sigma, None, device)
-    k = 0 if topk is None else max(1, math.ceil(topk * H * W))
+    k = 0 if topk is None else ref.topk_count(topk, H * W)
     return _ops.anomaly_map(list(teacher_feats), list(student_feats), [m[0] for m in mats], [m[1] for m in mats],
                             [float(w) for w in layer_weights], float(alpha), float(beta),
                             ref.AGGREGATIONS.index(aggregate_mode), blur_rows, blur_cols, k)

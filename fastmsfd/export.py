@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import warnings
 from pathlib import Path
 
@@ -53,7 +52,7 @@ class InferenceGraph(nn.Module):
         self.weights = [float(w) for w in detector.layer_weights.tolist()]
         self.alpha, self.beta = float(cfg["alpha"]), float(cfg["beta"])
         topk = cfg["score_topk"]
-        self.k = 0 if topk is None else max(1, math.ceil(topk * S * S))
+        self.k = 0 if topk is None else ref.topk_count(topk, S * S)
         self.n_layers = len(shapes)
 
     def _distance(self, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,6 @@ G) is two torch matmuls. Up to 4 layers.
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import triton
@@ -129,7 +128,7 @@ def anomaly_map(teacher_feats, student_feats, out_size, layer_weights, alpha, be
     fold = aggregate_mode in ("sum", "mean")
     mats = ref.upsampling_matrices(shapes, out_size, sigmas, radii, blur_sigma, fold, device)
     post_blur = bool(blur_sigma) and not fold
-    k = 0 if topk is None else max(1, math.ceil(topk * H * W))
+    k = 0 if topk is None else ref.topk_count(topk, H * W)
     heat, score = fused_anomaly_map(list(teacher_feats), list(student_feats), [m[0] for m in mats],
                                     [m[1] for m in mats], [float(w) for w in layer_weights], float(alpha),
                                     float(beta), ref.AGGREGATIONS.index(aggregate_mode), 0 if post_blur else k)

@@ -118,3 +118,13 @@ def test_cpp_handles_non_contiguous_inputs():
     tc, sc = t.contiguous(memory_format=torch.channels_last), s.contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(cpp_backend.distance_map(tc, sc), ref.combined_distance(t, s))
 # The fused anomaly map and loss of every compiled backend: tests/test_backends.py.
+
+
+def test_topk_count_rounds_once_for_every_backend():
+    # 0.05 * 6 * 30 is 9.000000000000002 when multiplied left to right: the pixel count is formed first
+    assert ref.topk_count(0.05, 6 * 30) == 9
+    t, s = _pair(1, 1, 1, 2)
+    heat, score = ops.anomaly_map([t], [s], (6, 30), topk=0.05, backend="reference")
+    assert score.item() == pytest.approx(heat.flatten().topk(9).values.mean().item(), rel=1e-6)
+    if CPP:
+        torch.testing.assert_close(ops.anomaly_map([t], [s], (6, 30), topk=0.05, backend="cpp")[1], score)
