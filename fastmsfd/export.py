@@ -43,48 +43,25 @@ class InferenceGraph(nn.Module):
                                        detector.device)
         for i, (gr, gc) in enumerate(mats):
             self.register_buffer(f"g_rows{i}", gr.clone())
-            self.register_buffer(f"g_cols_t{i}", gc.T.contiguous())
+            self.register_buffer(f"g_cols{i}", gc.clone())
         self.post_blur = bool(cfg["blur_sigma"]) and not fold
         if self.post_blur:
             self.register_buffer("blur_rows", ref.gaussian_matrix(S, S, cfg["blur_sigma"], None, detector.device))
-            self.register_buffer("blur_cols_t", ref.gaussian_matrix(S, S, cfg["blur_sigma"], None,
-                                                                    detector.device).T.contiguous())
+            self.register_buffer("blur_cols", ref.gaussian_matrix(S, S, cfg["blur_sigma"], None, detector.device))
         self.weights = [float(w) for w in detector.layer_weights.tolist()]
         self.alpha, self.beta = float(cfg["alpha"]), float(cfg["beta"])
-        topk = cfg["score_topk"]
-        self.k = 0 if topk is None else ref.topk_count(topk, S * S)
-        self.n_layers = len(shapes)
-
-    def _distance(self, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        diff = t - s
-        l2 = (diff * diff).mean(1)
-        nt = (t * t).sum(1).sqrt().clamp_min(ref.EPS)
-        ns = (s * s).sum(1).sqrt().clamp_min(ref.EPS)
-        return self.alpha * l2 + self.beta * (1.0 - (t * s).sum(1) / (nt * ns))
+        self.topk = cfg["score_topk"]
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # the reference math itself (fastmsfd/anomaly_map.py), traced: one definition for every backend
         x = (images.float() - self.mean) / self.std
-        teacher, student = self.teacher(x), self.student(x)
-        heat = None
-        for i, (t, s) in enumerate(zip(teacher, student)):
-            d = self._distance(t.float(), s.float())
-            a = self.weights[i] * torch.matmul(torch.matmul(getattr(self, f"g_rows{i}"), d),
-                                               getattr(self, f"g_cols_t{i}"))
-            if heat is None:
-                heat = a
-            elif self.mode in ("sum", "mean"):
-                heat = heat + a
-            elif self.mode == "max":
-                heat = torch.maximum(heat, a)
-            else:
-                heat = heat * a
-        if self.mode == "mean":
-            heat = heat / self.n_layers
+        maps = [ref.upsample(ref.combined_distance(t, s, self.alpha, self.beta), getattr(self, f"g_rows{i}"),
+                             getattr(self, f"g_cols{i}"))
+                for i, (t, s) in enumerate(zip(self.teacher(x), self.student(x)))]
+        heat = ref.aggregate(maps, self.weights, self.mode)
         if self.post_blur:
-            heat = torch.matmul(torch.matmul(self.blur_rows, heat), self.blur_cols_t)
-        flat = heat.flatten(1)
-        score = flat.amax(1) if self.k == 0 else torch.topk(flat, self.k, dim=1).values.mean(1)
-        return heat, score
+            heat = ref.upsample(heat, self.blur_rows, self.blur_cols)
+        return heat, ref.image_score(heat, self.topk)
 
 
 def metadata(detector) -> dict[str, str]:
