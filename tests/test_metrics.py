@@ -81,3 +81,59 @@ def test_f1_max_matches_exhaustive_search(rng):
     f1, thr = metrics.f1_max(y, s)
     assert f1 == pytest.approx(best)
     assert metrics.f1_at(y, s, thr - 1e-9) == pytest.approx(best)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_pixel_auroc_matches_sklearn_either_class_larger(seed):
+    """Both branches of the sort-one-side count: defects rarer than normal pixels, and more common."""
+    rng = np.random.default_rng(100 + seed)
+    shape = (int(rng.integers(1, 5)), int(rng.integers(3, 30)), int(rng.integers(3, 30)))
+    masks = rng.random(shape) < (0.1 if seed % 2 else 0.9)
+    masks.flat[:2] = [True, False]
+    maps = rng.integers(0, 5, shape).astype(np.float32) if seed % 4 < 2 else rng.random(shape, dtype=np.float32)
+    maps += masks * np.float32(rng.uniform(0, 1))
+    expected = sklearn_metrics.roc_auc_score(masks.ravel(), maps.ravel())
+    assert metrics.pixel_auroc(masks, maps) == pytest.approx(expected, abs=1e-12)
+    assert metrics.pixel_auroc(list(masks), list(maps)) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_aupro_of_images_of_different_sizes_matches_brute_force(seed):
+    """List input (full-resolution evaluation): each image labelled on its own, regions pooled over the set."""
+    rng = np.random.default_rng(200 + seed)
+    masks, maps = [], []
+    for i in range(3):
+        h, w = rng.integers(4, 10, 2)
+        m = rng.random((h, w)) < 0.2
+        m[0, 0] = i == 2 or m[0, 0]
+        masks.append(m)
+        maps.append(rng.integers(0, 6, (h, w)).astype(float) + m * 0.7)
+    all_scores = np.concatenate([a.ravel() for a in maps])
+    for limit in (0.3, 1.0):
+        got = metrics.aupro(masks, maps, limit)
+        region_idx = []
+        for m in masks:
+            lab, n = ndimage.label(m, structure=np.ones((3, 3)))
+            region_idx.append((lab, n))
+        fprs, pros = [0.0], [0.0]
+        n_normal = sum((~m).sum() for m in masks)
+        for t in np.unique(all_scores)[::-1]:
+            fprs.append(sum(((a >= t) & ~m).sum() for m, a in zip(masks, maps)) / n_normal)
+            pros.append(np.mean([((a >= t) & (lab == k)).sum() / (lab == k).sum()
+                                 for m, a, (lab, n) in zip(masks, maps, region_idx) for k in range(1, n + 1)]))
+        area, pf, pp = 0.0, 0.0, 0.0
+        for f, p in zip(fprs[1:], pros[1:]):
+            if f > limit:
+                area += (limit - pf) * (pp + pp + (p - pp) * (limit - pf) / (f - pf)) / 2
+                break
+            area += (f - pf) * (pp + p) / 2
+            pf, pp = f, p
+        assert got == pytest.approx(area / limit, abs=1e-6)
+
+
+def test_metrics_do_not_depend_on_score_dtype(rng):
+    """float32 maps are used as they are (no float64 copy); the value equals the float64 computation."""
+    masks = rng.random((3, 17, 13)) < 0.15
+    maps = (rng.random((3, 17, 13)) + masks * 0.3).astype(np.float32)
+    assert metrics.aupro(masks, maps) == pytest.approx(metrics.aupro(masks, maps.astype(np.float64)), abs=1e-12)
+    assert metrics.pixel_auroc(masks, maps) == metrics.pixel_auroc(masks, maps.astype(np.float64))
