@@ -12,6 +12,9 @@ import torch
 
 EPS = 1e-6
 AGGREGATIONS = ("sum", "mean", "max", "product")
+# "gaussian": MSFD's receptive-field up-sampling (DESIGN.md). "bilinear": what STPM-style baselines use
+# (F.interpolate, align_corners=False), kept as a separable matrix too so it shares all the code; for ablations.
+UPSAMPLINGS = ("gaussian", "bilinear")
 # Default Gaussian width in units of the layer's cell spacing (output pixels per feature cell).
 # Chosen by measurement on the demo and MTD (docs/defaults.md).
 DEFAULT_SIGMA_FACTOR = 1.0
@@ -53,6 +56,24 @@ def gaussian_matrix(out_len: int, n_cells: int, sigma: float, radius: float | No
     return g.to(device)
 
 
+@functools.lru_cache(maxsize=256)
+def _bilinear_matrix_cpu(out_len: int, n_cells: int) -> torch.Tensor:
+    src = ((torch.arange(out_len, dtype=torch.float64) + 0.5) * n_cells / out_len - 0.5).clamp_min(0.0)
+    i0 = src.floor().long().clamp_max(n_cells - 1)
+    i1 = (i0 + 1).clamp_max(n_cells - 1)
+    frac = src - i0
+    m = torch.zeros(out_len, n_cells, dtype=torch.float64)
+    rows = torch.arange(out_len)
+    m.index_put_((rows, i0), 1.0 - frac, accumulate=True)
+    m.index_put_((rows, i1), frac, accumulate=True)
+    return m.to(torch.float32)
+
+
+def bilinear_matrix(out_len: int, n_cells: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The (out_len x n_cells) matrix of F.interpolate(mode="bilinear", align_corners=False) along one axis."""
+    return _bilinear_matrix_cpu(int(out_len), int(n_cells)).to(device)
+
+
 def default_sigmas(shapes: Sequence[tuple[int, int]], out_size: tuple[int, int],
                    factor: float = DEFAULT_SIGMA_FACTOR) -> list[float]:
     """sigma_l = factor * cell spacing of layer l in output pixels (the larger of the two axes)."""
@@ -62,13 +83,19 @@ def default_sigmas(shapes: Sequence[tuple[int, int]], out_size: tuple[int, int],
 
 def upsampling_matrices(shapes: Sequence[tuple[int, int]], out_size: tuple[int, int], sigmas: Sequence[float],
                         radii: Sequence[float | None], blur_sigma: float | None, fold_blur: bool,
-                        device) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(G_rows, G_cols) per layer; with fold_blur the final blur B is folded in as B @ G (sum/mean only)."""
+                        device, upsampling: str = "gaussian") -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(G_rows, G_cols) per layer; with fold_blur the final blur B is folded in as B @ G (sum/mean only).
+    upsampling="bilinear" ignores sigmas and radii."""
+    if upsampling not in UPSAMPLINGS:
+        raise ValueError(f"upsampling must be one of {UPSAMPLINGS}, got {upsampling!r}")
     H, W = out_size
     mats = []
     for (h, w), sigma, radius in zip(shapes, sigmas, radii):
-        gr = gaussian_matrix(H, h, sigma, radius, device)
-        gc = gaussian_matrix(W, w, sigma, radius, device)
+        if upsampling == "bilinear":
+            gr, gc = bilinear_matrix(H, h, device), bilinear_matrix(W, w, device)
+        else:
+            gr = gaussian_matrix(H, h, sigma, radius, device)
+            gc = gaussian_matrix(W, w, sigma, radius, device)
         if blur_sigma and fold_blur:
             gr = gaussian_matrix(H, H, blur_sigma, None, device) @ gr
             gc = gaussian_matrix(W, W, blur_sigma, None, device) @ gc
@@ -114,12 +141,13 @@ def anomaly_map(teacher_feats: Sequence[torch.Tensor], student_feats: Sequence[t
                 out_size: tuple[int, int], layer_weights: Sequence[float], alpha: float, beta: float,
                 sigmas: Sequence[float], radii: Sequence[float | None], aggregate_mode: str,
                 topk: float | None = None, blur_sigma: float | None = None,
-                distance=combined_distance) -> tuple[torch.Tensor, torch.Tensor]:
+                distance=combined_distance, upsampling: str = "gaussian") -> tuple[torch.Tensor, torch.Tensor]:
     """The full fused op, unfused: heatmap (B, H, W) float32 and image score (B,). Arguments already validated.
     `distance` lets a backend substitute its own per-layer distance kernel for combined_distance."""
     shapes = [tuple(t.shape[-2:]) for t in teacher_feats]
     fold = aggregate_mode in ("sum", "mean")
-    mats = upsampling_matrices(shapes, out_size, sigmas, radii, blur_sigma, fold, teacher_feats[0].device)
+    mats = upsampling_matrices(shapes, out_size, sigmas, radii, blur_sigma, fold, teacher_feats[0].device,
+                               upsampling)
     maps = [upsample(distance(t, s, alpha, beta), gr, gc)
             for t, s, (gr, gc) in zip(teacher_feats, student_feats, mats)]
     heat = aggregate(maps, layer_weights, aggregate_mode)

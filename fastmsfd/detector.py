@@ -67,7 +67,7 @@ class Detector(nn.Module):
                  runtime: str = "auto", precision: str = "float32", alpha: float = 1.0, beta: float = 1.0,
                  sigma_factor: float = ref.DEFAULT_SIGMA_FACTOR, aggregate: str = "sum",
                  score_topk: float | None = 0.01, blur_sigma: float | None = None, download: bool = False,
-                 ops_backend: str = "auto", compile: bool | str = False):
+                 ops_backend: str = "auto", compile: bool | str = False, upsampling: str = "gaussian"):
         super().__init__()
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
@@ -77,6 +77,8 @@ class Detector(nn.Module):
             raise ValueError(f"image_size must be an int >= 32, got {image_size!r}")
         if aggregate not in ref.AGGREGATIONS:
             raise ValueError(f"aggregate must be one of {ref.AGGREGATIONS}, got {aggregate!r}")
+        if upsampling not in ref.UPSAMPLINGS:
+            raise ValueError(f"upsampling must be one of {ref.UPSAMPLINGS}, got {upsampling!r}")
         layers = tuple(layers) if layers else default_layers(backbone)
         self.teacher = build_teacher(backbone, layers, weights=weights, download=download)
         self.student = build_student(backbone, layers)
@@ -84,7 +86,7 @@ class Detector(nn.Module):
         self.config: dict[str, Any] = dict(
             backbone=backbone, layers=list(self.layers), image_size=image_size, precision=precision,
             alpha=alpha, beta=beta, sigma_factor=sigma_factor, aggregate=aggregate, score_topk=score_topk,
-            blur_sigma=blur_sigma, random_teacher=isinstance(weights, str) and weights == "random")
+            blur_sigma=blur_sigma, upsampling=upsampling, random_teacher=isinstance(weights, str) and weights == "random")
         mean, std = normalization(backbone)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
@@ -212,7 +214,7 @@ class Detector(nn.Module):
         return ops.anomaly_map(t, s, (S, S), layer_weights=self.layer_weights.tolist(), alpha=self.config["alpha"],
                                beta=self.config["beta"], sigmas=self._sigmas(t), aggregate=self.config["aggregate"],
                                topk=self.config["score_topk"], blur_sigma=self.config["blur_sigma"],
-                               backend=self.ops_backend)
+                               backend=self.ops_backend, upsampling=self.config["upsampling"])
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, H, W) float images in [0, 1] -> heatmaps (B, S, S) and scores (B,). Resizes when H, W != S."""
@@ -419,7 +421,7 @@ class Detector(nn.Module):
             with warnings.catch_warnings():  # random init is immediately overwritten by the file's weights
                 warnings.simplefilter("ignore")
                 det = cls(**{k: config[k] for k in known}, weights="random", runtime=runtime, device="cpu",
-                          ops_backend=ops_backend)
+                          ops_backend=ops_backend, upsampling=config.get("upsampling", "gaussian"))
         except ValueError as exc:
             raise CheckpointError(f"{path}: configuration not usable by this fastmsfd ({exc})") from None
         for name, module in (("teacher", det.teacher), ("student", det.student)):

@@ -40,7 +40,7 @@ class InferenceGraph(nn.Module):
         self.mode = cfg["aggregate"]
         fold = self.mode in ("sum", "mean")
         mats = ref.upsampling_matrices(shapes, (S, S), sigmas, [None] * len(shapes), cfg["blur_sigma"], fold,
-                                       detector.device)
+                                       detector.device, cfg.get("upsampling", "gaussian"))
         for i, (gr, gc) in enumerate(mats):
             self.register_buffer(f"g_rows{i}", gr.clone())
             self.register_buffer(f"g_cols{i}", gc.clone())

@@ -161,8 +161,12 @@ def anomaly_map(teacher_feats: Sequence[torch.Tensor], student_feats: Sequence[t
                 out_size: tuple[int, int], layer_weights: Sequence[float] | None = None,
                 alpha: float = 1.0, beta: float = 1.0, sigmas: Sequence[float] | None = None,
                 radii: Sequence[float | None] | None = None, aggregate: str = "sum", backend: str = "auto",
-                topk: float | None = None, blur_sigma: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                topk: float | None = None, blur_sigma: float | None = None,
+                upsampling: str = "gaussian") -> tuple[torch.Tensor, torch.Tensor]:
     """Fused MSFD anomaly map: heatmap (B, H, W) float32 and image score (B,) float32 (DESIGN.md contract).
+
+    upsampling="bilinear" replaces the Gaussian receptive-field matrices by bilinear interpolation (the STPM-style
+    baseline, for ablations); only the reference backend implements it ("auto" falls back to it, with the reason).
 
     NaN/inf in a feature propagates to that image's heatmap and score, never to a finite wrong number.
     """
@@ -185,6 +189,15 @@ def anomaly_map(teacher_feats: Sequence[torch.Tensor], student_feats: Sequence[t
     if blur_sigma is not None and (not math.isfinite(blur_sigma) or blur_sigma < 0):
         raise ValueError(f"blur_sigma must be >= 0, got {blur_sigma}")
     alpha, beta = _check_finite("alpha", alpha), _check_finite("beta", beta)
+    if upsampling not in ref.UPSAMPLINGS:
+        raise ValueError(f"upsampling must be one of {ref.UPSAMPLINGS}, got {upsampling!r}")
+    if upsampling != "gaussian":
+        if backend not in ("auto", "reference"):
+            raise RuntimeError(f"backend {backend!r} implements Gaussian up-sampling only; "
+                               f"upsampling={upsampling!r} runs on backend='reference'")
+        _state.last = ("reference", [f"fused backends: Gaussian up-sampling only, not {upsampling}"])
+        return ref.anomaly_map(teacher_feats, student_feats, (H, W), weights, alpha, beta, sigmas, radii, aggregate,
+                               topk, blur_sigma or None, upsampling=upsampling)
     name, skipped = select_backend(backend, teacher_feats[0].device, "anomaly_map")
     _state.last = (name, skipped)
     return _IMPLS["anomaly_map"][name](teacher_feats, student_feats, (H, W), weights, alpha, beta, sigmas, radii,

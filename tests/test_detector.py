@@ -234,3 +234,23 @@ def test_low_precision_predicts_close_to_float32(fitted, precision):
     # bfloat16 networks: a few percent of the heatmap's range (docs/performance.md has the AUROC effect)
     scale = want.heatmaps.abs().max().item()
     assert (got.heatmaps - want.heatmaps).abs().max().item() < 0.25 * scale
+
+
+def test_bilinear_upsampling_detector_round_trip_and_export(fitted, tmp_path):
+    """The ablation/baseline setting travels through save/load and ONNX export like every other option."""
+    pytest.importorskip("onnxruntime")
+    det = Detector(image_size=SIZE, upsampling="bilinear", aggregate="product", alpha=0.0, runtime="torch")
+    det.student.load_state_dict(fitted.student.state_dict())
+    det.teacher.load_state_dict(fitted.teacher.state_dict())
+    det.fitted = True
+    path = tmp_path / "b.fastmsfd"
+    det.save(path)
+    x = _images(3, seed=5)
+    a = det.predict(x)
+    b = Detector.load(path, runtime="torch").predict(x)
+    assert torch.equal(a.heatmaps, b.heatmaps)
+    c = Detector.load(path, runtime="onnxruntime").predict(x)
+    torch.testing.assert_close(c.heatmaps, a.heatmaps, rtol=1e-4, atol=1e-4 * float(a.heatmaps.max()))
+    g = Detector(image_size=SIZE, aggregate="product", alpha=0.0, runtime="torch")
+    g.load_state_dict(det.state_dict())
+    assert not torch.allclose(g.predict(x).heatmaps, a.heatmaps)  # the option changes the maps

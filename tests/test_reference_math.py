@@ -115,3 +115,28 @@ def test_distill_loss_value_and_gradient(rng):
     assert torch.autograd.gradcheck(
         lambda a, b: ops.distill_loss([T[0], T[1]], [a, b], 0.7, 1.3, [1.0, 2.0], backend="reference"),
         (S[0], S[1]))
+
+
+@pytest.mark.parametrize("out_len,n", [(1, 1), (7, 3), (32, 8), (33, 5), (5, 9), (64, 64)])
+def test_bilinear_matrix_is_f_interpolate(rng, out_len, n):
+    """The STPM-style baseline's up-sampling as a separable matrix equals F.interpolate (align_corners=False)."""
+    d = torch.from_numpy(rng.standard_normal((2, n, n + 2)).astype(np.float32))
+    # float64 on both sides: F.interpolate forms its float32 weights with ~1e-5 relative error of its own
+    want = torch.nn.functional.interpolate(d.double()[:, None], size=(out_len, out_len + 3), mode="bilinear",
+                                           align_corners=False)[:, 0]
+    got = ref.upsample(d.double(), ref.bilinear_matrix(out_len, n), ref.bilinear_matrix(out_len + 3, n + 2))
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)  # our matrix is float32: 1e-7 relative
+
+
+def test_bilinear_anomaly_map_runs_on_the_reference_only(rng):
+    t = [torch.from_numpy(a) for a in _feats(rng, 2, 5, 4, 6)]
+    s = [torch.from_numpy(a) for a in _feats(rng, 2, 5, 4, 6)]
+    heat, score = ops.anomaly_map([t[0]], [s[0]], (16, 24), aggregate="product", upsampling="bilinear")
+    want = torch.nn.functional.interpolate(ref.combined_distance(t[0], s[0])[:, None], size=(16, 24),
+                                           mode="bilinear", align_corners=False)[:, 0]
+    torch.testing.assert_close(heat, want, rtol=1e-5, atol=1e-6)
+    assert ops.last_backend()[0] == "reference" and "Gaussian" in ops.last_backend()[1][0]
+    with pytest.raises(RuntimeError, match="Gaussian up-sampling only"):
+        ops.anomaly_map([t[0]], [s[0]], (16, 24), upsampling="bilinear", backend="cpp")
+    with pytest.raises(ValueError, match="upsampling must be one of"):
+        ops.anomaly_map([t[0]], [s[0]], (16, 24), upsampling="nearest")
