@@ -27,6 +27,13 @@ VARIANTS = {
     "cosine only (alpha=0)": {"alpha": 0.0},
     "L2 only (beta=0)": {"beta": 0.0},
     "aggregate max": {"aggregate": "max"},
+    # the MSFD ablations (training-quality issue): one part of the method changed at a time
+    "single layer stage3": {"layers": ("stage3",)},
+    "bilinear up-sampling": {"upsampling": "bilinear"},
+    "product aggregation": {"aggregate": "product"},
+    # the naive STPM-style recipe: same teacher, cosine-only loss and map, bilinear up-sampling, product of the
+    # layers, maximum as the image score
+    "STPM-style baseline": {"alpha": 0.0, "upsampling": "bilinear", "aggregate": "product", "score_topk": None},
 }
 
 
