@@ -18,6 +18,7 @@ from torch import nn
 from . import anomaly_map as ref
 from ._version import __version__
 from .checkpoint import atomic_path
+from .onnx_passes import fold_pads
 
 OPSET = 17
 INPUT_NAME, OUTPUT_NAMES = "images", ("heatmap", "score")
@@ -103,6 +104,7 @@ def onnx_bytes(detector, dynamic_batch: bool = True, opset: int = OPSET) -> byte
             detector.teacher.to(memory_format=torch.channels_last)
             detector.student.to(memory_format=torch.channels_last)
     model = onnx.load_from_string(buf.getvalue())
+    fold_pads(model)
     for key, value in metadata(detector).items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value

@@ -109,3 +109,22 @@ def test_unknown_backbone_and_layers():
         build_backbone("vgg16")
     with pytest.raises(ValueError, match="layer9"):
         build_backbone("resnet18", ["layer1", "layer9"])
+
+
+@pytest.mark.parametrize("size", [7, 8, 13, 16])
+@pytest.mark.parametrize("kernel,stride", [(1, 1), (3, 1), (5, 1), (3, 2), (5, 2)])
+def test_same_padding_equals_explicit_tf_padding(size, kernel, stride):
+    """Conv2dSame lets the conv pad symmetric cases itself; the result must equal TF's explicit SAME padding."""
+    import math
+
+    from fastmsfd.backbones.efficientnet_lite import Conv2dSame
+
+    torch.manual_seed(size + kernel)
+    conv = Conv2dSame(4, 6, kernel, stride=stride)
+    x = torch.randn(2, 4, size, size + 3)
+    pads = []
+    for n in (size + 3, size):
+        total = max((math.ceil(n / stride) - 1) * stride + kernel - n, 0)
+        pads += [total // 2, total - total // 2]
+    want = torch.nn.functional.conv2d(torch.nn.functional.pad(x, pads), conv.weight, conv.bias, stride)
+    torch.testing.assert_close(conv(x), want, rtol=1e-5, atol=1e-5)

@@ -116,3 +116,53 @@ def test_openvino_reads_the_exported_file(det, tmp_path):
     with torch.no_grad():
         ref_heat, ref_score = det.anomaly_maps(det._prepare(u8))
     _compare(torch.from_numpy(out[0]), torch.from_numpy(out[1]), ref_heat, ref_score)
+
+
+class _PaddedConvs(torch.nn.Module):
+    """Asymmetric zero pads in front of convolutions (TF "SAME" at stride 2), one pad shared by two convs, and
+    a non-zero pad that must stay a Pad."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.b = torch.nn.Conv2d(3, 4, 5, stride=2)
+        self.c = torch.nn.Conv2d(3, 2, 3)
+
+    def forward(self, x):
+        p = torch.nn.functional.pad(x, [1, 2, 0, 3])
+        q = torch.nn.functional.pad(x, [1, 1, 1, 1], value=0.5)
+        return self.a(p).sum((2, 3)) + self.b(p).sum((2, 3)), self.c(q)
+
+
+def test_fold_pads_keeps_the_function_and_removes_zero_pads(tmp_path):
+    import io
+
+    import onnx
+    import onnxruntime as ort
+
+    from fastmsfd.onnx_passes import fold_pads
+
+    torch.manual_seed(0)
+    net, x = _PaddedConvs().eval(), torch.randn(2, 3, 11, 14)
+    buf = io.BytesIO()
+    torch.onnx.export(net, (x,), buf, dynamo=False, opset_version=17, input_names=["x"])
+    model = onnx.load_from_string(buf.getvalue())
+    assert sum(n.op_type == "Pad" for n in model.graph.node) == 2
+    assert fold_pads(model) == 1
+    assert [n.op_type for n in model.graph.node].count("Pad") == 1  # the 0.5-valued pad stays
+    onnx.checker.check_model(model)
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x.numpy()})
+    with torch.no_grad():
+        want = net(x)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_exported_efficientnet_has_no_pad_ops(det):
+    import onnx
+
+    from fastmsfd.export import onnx_bytes
+
+    model = onnx.load_from_string(onnx_bytes(det))
+    assert not [n.name for n in model.graph.node if n.op_type == "Pad"]
