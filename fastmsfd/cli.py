@@ -31,7 +31,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", default=None, help="comma-separated layers, e.g. stage2,stage3,stage4")
     p.add_argument("--image-size", type=int, default=256, help="square input size (default: %(default)s)")
     p.add_argument("--weights", default=None, help="teacher weights file (default: resolve offline)")
-    p.add_argument("--epochs", type=int, default=40, help="maximum epochs; early stopping may end sooner")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="maximum epochs; early stopping may end sooner (default: about 3,000 training images seen, "
+                        "at most 40 epochs)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)

@@ -23,7 +23,7 @@ from .data import is_mvtec_category, load_resized, resize_batch, to_image_list, 
 from .distributed import init_from_env, to_plain_bn, to_sync_bn
 from .errors import CheckpointError, DataError
 from .runtimes import RUNTIMES
-from .train import TrainConfig, TrainHistory, distill
+from .train import TrainConfig, TrainHistory, auto_epochs, distill
 
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LAYER_WEIGHT_QUANTILE = 0.99
@@ -244,11 +244,13 @@ class Detector(nn.Module):
             return load_resized([Path(p) for p in source], S, progress)
         return _as_u8(to_image_list(source, "fit images")[0], S)
 
-    def fit(self, source, epochs: int = 40, batch_size: int = 8, lr: float = 3e-3, val_fraction: float = 0.1,
+    def fit(self, source, epochs: int | None = None, batch_size: int = 8, lr: float = 3e-3, val_fraction: float = 0.1,
             seed: int = 0, progress: bool = True, calibrate_quantile: float = 0.99, **train_kwargs) -> "Detector":
         """Train the student on normal images: a folder, an MVTec category folder (uses train/good), a list of
         paths, a tensor/array batch or a DataLoader. A held-out part (val_fraction) of them drives early
-        stopping, the per-layer weights and the default threshold. Returns self."""
+        stopping, the per-layer weights and the default threshold. epochs=None: about 3,000 training images seen
+        (train.auto_epochs: 40 epochs for 75 images, 12 for 250, 4 for 700), since longer training measurably
+        blurs what the student gets wrong (docs/defaults.md). Returns self."""
         images = self._normal_images_u8(source, progress)
         n = len(images)
         if n < 2:
@@ -265,6 +267,8 @@ class Detector(nn.Module):
             student = build_student(self.config["backbone"], self.layers)
         self.student = student.to(self.device, memory_format=torch.channels_last)
         rank, world = init_from_env(self.device)  # torchrun: one shard of every global batch per process
+        if epochs is None:
+            epochs = auto_epochs(len(train))
         cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, alpha=self.config["alpha"],
                           beta=self.config["beta"], seed=seed, progress=progress and rank == 0, rank=rank,
                           world_size=world, **train_kwargs)

@@ -254,3 +254,17 @@ def test_bilinear_upsampling_detector_round_trip_and_export(fitted, tmp_path):
     g = Detector(image_size=SIZE, aggregate="product", alpha=0.0, runtime="torch")
     g.load_state_dict(det.state_dict())
     assert not torch.allclose(g.predict(x).heatmaps, a.heatmaps)  # the option changes the maps
+
+
+def test_default_training_length_is_an_image_budget(monkeypatch):
+    import fastmsfd.detector
+    from fastmsfd.train import MAX_AUTO_EPOCHS, TRAIN_IMAGES_BUDGET, auto_epochs
+
+    assert auto_epochs(1) == MAX_AUTO_EPOCHS and auto_epochs(10**6) == 1
+    assert auto_epochs(240) == round(TRAIN_IMAGES_BUDGET / 240)
+    counts = [auto_epochs(n) for n in range(1, 5000, 37)]
+    assert counts == sorted(counts, reverse=True)  # more images, never more epochs
+    asked = []
+    monkeypatch.setattr(fastmsfd.detector, "auto_epochs", lambda n: asked.append(n) or 2)  # fit asks, with n_train
+    det = Detector(image_size=SIZE).fit(_images(12), batch_size=4, progress=False, patience=100)
+    assert asked == [det.config["n_train"]] and det.config["epochs_run"] == 2
