@@ -54,7 +54,7 @@ class NaivePipeline:
                                [None] * n, "sum", 0.01)
 
     def from_files(self, paths):
-        ims = [torch.from_numpy(np.asarray(Image.open(p).convert("RGB"))).permute(2, 0, 1) for p in paths]
+        ims = [torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1) for p in paths]
         x = torch.stack([torch.nn.functional.interpolate(i[None].float(), size=(self.size, self.size),
                                                          mode="bilinear", antialias=True)[0] for i in ims])
         return self(x.round().clamp(0, 255).to(torch.uint8).to(self.mean.device))

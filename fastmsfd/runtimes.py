@@ -14,7 +14,7 @@ import torch
 
 RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
 # "auto" preference on CPU, fastest first (docs/performance.md has the measurement behind the order).
-AUTO_ORDER = ("openvino", "onnxruntime")
+AUTO_ORDER = ("onnxruntime", "openvino")
 
 
 def runtime_status() -> dict[str, str | None]:
@@ -47,7 +47,7 @@ def resolve(runtime: str, device: torch.device, precision: str) -> tuple[str, st
     for name in AUTO_ORDER:
         if status[name] is None:
             return name, "auto: fastest installed on CPU"
-    return "torch", "auto: neither openvino nor onnxruntime installed"
+    return "torch", "auto: neither onnxruntime nor openvino installed"
 
 
 class OnnxRuntimeRunner:
