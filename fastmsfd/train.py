@@ -25,7 +25,10 @@ from .errors import CheckpointError, TrainingDivergedError
 
 STATE_FORMAT = 1
 # Settings that must match for a saved state to continue the same run.
-_RUN_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "grad_clip", "patience", "alpha", "beta", "seed", "augment")
+_RUN_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "grad_clip", "patience", "alpha", "beta", "seed", "augment",
+             "optimizer", "schedule")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("cosine", "constant")
 
 
 # Default training length, in training images seen (epochs = budget / training images, 1..MAX_AUTO_EPOCHS).
@@ -54,6 +57,8 @@ class TrainConfig:
     beta: float = 1.0
     seed: int = 0
     augment: str | None = None  # None, "flip" (horizontal + vertical) or "dihedral" (flips and 90-degree turns)
+    optimizer: str = "adam"     # "adam" (default, docs/training.md compares), "adamw", "sgd" (momentum 0.9, STPM)
+    schedule: str = "cosine"    # "cosine" over the planned steps, or "constant"
     progress: bool = True
     max_rollbacks: int = 3
     rank: int = 0                  # torchrun: this process's rank and the number of processes
@@ -141,6 +146,14 @@ def load_state(path: str | os.PathLike, fingerprint: str) -> dict:
     return state
 
 
+def _optimizer(student: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = student.parameters()
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
 def distill(teacher: nn.Module, student: nn.Module, features: Callable, train_u8: torch.Tensor,
             val_u8: torch.Tensor, prepare: Callable[[torch.Tensor], torch.Tensor], cfg: TrainConfig) -> TrainHistory:
     """Train `student` in place; on return it holds the state with the best held-out loss.
@@ -150,14 +163,19 @@ def distill(teacher: nn.Module, student: nn.Module, features: Callable, train_u8
 
     if cfg.augment not in AUGMENTATIONS:
         raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {cfg.augment!r}")
+    if cfg.optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {cfg.optimizer!r}")
+    if cfg.schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
     start = time.perf_counter()
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     teacher.eval()
     student.train()
-    opt = torch.optim.Adam(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = _optimizer(student, cfg)
     steps_per_epoch = math.ceil(len(train_u8) / cfg.batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs * steps_per_epoch))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs * steps_per_epoch)) \
+        if cfg.schedule == "cosine" else torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
     hist = TrainHistory()
     best_state, best_val = copy.deepcopy(student.state_dict()), math.inf
     epoch = 0

@@ -34,6 +34,13 @@ VARIANTS = {
     # the naive STPM-style recipe: same teacher, cosine-only loss and map, bilinear up-sampling, product of the
     # layers, maximum as the image score
     "STPM-style baseline": {"alpha": 0.0, "upsampling": "bilinear", "aggregate": "product", "score_topk": None},
+    # training recipe (keyword arguments of fit under "fit")
+    "SGD lr 0.4 (STPM recipe)": {"fit": {"optimizer": "sgd", "lr": 0.4, "weight_decay": 1e-4}},
+    "AdamW wd 1e-2": {"fit": {"optimizer": "adamw", "weight_decay": 1e-2}},
+    "constant lr": {"fit": {"schedule": "constant"}},
+    "lr 1e-3": {"fit": {"lr": 1e-3}},
+    "flip augmentation": {"fit": {"augment": "flip"}},
+    "dihedral augmentation": {"fit": {"augment": "dihedral"}},
 }
 
 
@@ -72,7 +79,8 @@ def main() -> None:
           f"torch threads {torch.get_num_threads()}")
     print("| variant | category | image AUROC | pixel AUROC | AUPRO | fit s |\n|---|---|---|---|---|---|")
     for name in args.variants.split(","):
-        kw = VARIANTS[name]
+        kw = dict(VARIANTS[name])
+        fit_kw = kw.pop("fit", {})
         for cat in cats:
             train = training_paths(cat)
             if args.max_train:
@@ -80,7 +88,7 @@ def main() -> None:
                 train = train[::step][: args.max_train]
             t0 = time.perf_counter()
             det = Detector(image_size=args.image_size, **kw).fit(train, epochs=args.epochs, seed=args.seed,
-                                                                  progress=False)
+                                                                  progress=False, **fit_kw)
             fit_s = time.perf_counter() - t0
             m = evaluate_category(det, cat).metrics
             rows.append(dict(variant=name, category=cat.name, fit_seconds=round(fit_s, 1), **m))

@@ -268,3 +268,19 @@ def test_default_training_length_is_an_image_budget(monkeypatch):
     monkeypatch.setattr(fastmsfd.detector, "auto_epochs", lambda n: asked.append(n) or 2)  # fit asks, with n_train
     det = Detector(image_size=SIZE).fit(_images(12), batch_size=4, progress=False, patience=100)
     assert asked == [det.config["n_train"]] and det.config["epochs_run"] == 2
+
+
+@pytest.mark.parametrize("optimizer,schedule", [("sgd", "cosine"), ("adamw", "constant")])
+def test_optimizer_and_schedule_options_train(optimizer, schedule):
+    torch.manual_seed(0)
+    det = Detector(image_size=SIZE).fit(_images(8), epochs=2, batch_size=4, progress=False, optimizer=optimizer,
+                                        schedule=schedule, lr=0.05 if optimizer == "sgd" else 1e-3)
+    h = det.history
+    assert len(h.train_loss) == 2 and all(np.isfinite(h.train_loss)) and h.train_loss[1] < h.train_loss[0]
+
+
+def test_unknown_optimizer_or_schedule_is_refused():
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        Detector(image_size=SIZE).fit(_images(6), epochs=1, progress=False, optimizer="lion")
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        Detector(image_size=SIZE).fit(_images(6), epochs=1, progress=False, schedule="step")
