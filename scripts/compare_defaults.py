@@ -41,6 +41,7 @@ VARIANTS = {
     "lr 1e-3": {"fit": {"lr": 1e-3}},
     "flip augmentation": {"fit": {"augment": "flip"}},
     "dihedral augmentation": {"fit": {"augment": "dihedral"}},
+    "bf16 autocast": {"precision": "bfloat16"},  # training and inference under torch.autocast(bfloat16)
 }
 
 
