@@ -2,7 +2,6 @@
 of the distance, and the wrappers that ops.py dispatches to as backend "cpp" (CPU) and "cuda"."""
 from __future__ import annotations
 
-
 import torch
 
 from . import _C  # noqa: F401  (loads the library that registers torch.ops.fastmsfd.*)

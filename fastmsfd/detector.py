@@ -86,7 +86,8 @@ class Detector(nn.Module):
         self.config: dict[str, Any] = dict(
             backbone=backbone, layers=list(self.layers), image_size=image_size, precision=precision,
             alpha=alpha, beta=beta, sigma_factor=sigma_factor, aggregate=aggregate, score_topk=score_topk,
-            blur_sigma=blur_sigma, upsampling=upsampling, random_teacher=isinstance(weights, str) and weights == "random")
+            blur_sigma=blur_sigma, upsampling=upsampling,
+            random_teacher=isinstance(weights, str) and weights == "random")
         mean, std = normalization(backbone)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))

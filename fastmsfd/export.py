@@ -41,7 +41,7 @@ class InferenceGraph(nn.Module):
         self.mode = cfg["aggregate"]
         fold = self.mode in ("sum", "mean")
         mats = ref.upsampling_matrices(shapes, (S, S), sigmas, [None] * len(shapes), cfg["blur_sigma"], fold,
-                                       detector.device, cfg.get("upsampling", "gaussian"))
+                                       detector.device, cfg["upsampling"])
         for i, (gr, gc) in enumerate(mats):
             self.register_buffer(f"g_rows{i}", gr.clone())
             self.register_buffer(f"g_cols{i}", gc.clone())

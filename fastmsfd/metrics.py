@@ -53,18 +53,13 @@ def _count_below_and_tied(sorted_ref: np.ndarray, queries: np.ndarray) -> tuple[
 def auroc(labels, scores, what: str = "AUROC") -> float:
     """Area under the ROC curve, exact, ties counted as half (Mann-Whitney U).
 
-    One sort of the negatives and a binary search per positive: no argsort and no ranks of the whole set,
+    One sort of each class and a binary search per positive: no argsort and no ranks of the whole set,
     which is what makes 131M pixels take seconds rather than a minute.
     """
     y, s = _binary_and_scores(labels, scores, what)
     pos, neg = s[y], s[~y]
-    n_pos, n_neg = pos.size, neg.size
-    if n_pos > n_neg:  # sort the smaller side as queries, the larger one as reference: same count either way
-        n_above, n_tied = _count_below_and_tied(np.sort(pos), neg)
-        n_below = n_pos * n_neg - n_above - n_tied
-    else:
-        n_below, n_tied = _count_below_and_tied(np.sort(neg), pos)
-    return float((n_below + 0.5 * n_tied) / (n_pos * n_neg))
+    n_below, n_tied = _count_below_and_tied(np.sort(neg), pos)
+    return float((n_below + 0.5 * n_tied) / (pos.size * neg.size))
 
 
 def image_auroc(labels, scores) -> float:
@@ -87,18 +82,18 @@ def _pixels(masks, maps, what: str, regions: bool = False) -> tuple[np.ndarray, 
     arrays (images of different sizes, e.g. at full resolution); with regions=True also the 8-connected
     ground-truth regions, numbered across the whole set, and their count."""
     if isinstance(masks, (list, tuple)) or isinstance(maps, (list, tuple)):
-        masks, maps = [_np(m) for m in masks], [_scores(a) for a in maps]
+        masks, maps = [_np(m) != 0 for m in masks], [_scores(a) for a in maps]
         if len(masks) != len(maps) or any(m.shape != a.shape or m.ndim != 2 for m, a in zip(masks, maps)):
             raise ValueError(f"{what}: masks and maps must pair up as same-shape (H, W) arrays")
         if not masks:
             raise ValueError(f"{what}: no images")
-        flat_m = np.concatenate([m.reshape(-1) != 0 for m in masks])
+        flat_m = np.concatenate([m.reshape(-1) for m in masks])
         flat_s = np.concatenate([a.reshape(-1) for a in maps])
         if not regions:
             return flat_m, flat_s, ()
         labels, n_regions = [], 0
         for m in masks:
-            lab, n = ndimage.label(m != 0, structure=_PLANE_8[1])
+            lab, n = ndimage.label(m, structure=_PLANE_8[1])
             lab[lab > 0] += n_regions
             labels.append(lab.reshape(-1))
             n_regions += n

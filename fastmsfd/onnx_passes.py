@@ -15,7 +15,7 @@ def _constant_value(graph, name: str, producers: dict, inits: dict) -> np.ndarra
     from onnx import helper
     from onnx.reference import ReferenceEvaluator
 
-    needed, stack, used_inits = [], [name], set()
+    needed, stack, used_inits = set(), [name], set()  # nodes by their first output's name
     while stack:
         cur = stack.pop()
         if cur in inits:
@@ -24,11 +24,11 @@ def _constant_value(graph, name: str, producers: dict, inits: dict) -> np.ndarra
         node = producers.get(cur)
         if node is None:
             return None  # a graph input: not constant
-        if node in needed:
+        if node.output[0] in needed:
             continue
-        needed.append(node)
+        needed.add(node.output[0])
         stack.extend(i for i in node.input if i)
-    order = [n for n in graph.node if n in needed]  # graph order is topological
+    order = [n for n in graph.node if n.output and n.output[0] in needed]  # graph order is topological
     sub = helper.make_graph(order, "constant", [], [helper.make_tensor_value_info(name, 0, None)],
                             initializer=[inits[i] for i in used_inits])
     opset = [helper.make_opsetid("", 17)]

@@ -11,7 +11,6 @@ G) is two torch matmuls. Up to 4 layers.
 """
 from __future__ import annotations
 
-
 import torch
 import triton
 import triton.language as tl
