@@ -35,7 +35,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="maximum epochs; early stopping may end sooner (default: about 3,000 training images seen, "
                         "at most 40 epochs)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s; docs/training.md)")
     p.add_argument("--seed", type=int, default=0)
     _add_inference_args(p)
 
@@ -365,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo_output", help="output folder (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--image-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--score-topk", type=float, default=0.01, help="image score: mean of the top fraction")
     p.add_argument("--augment", default="none", choices=["none", "flip", "dihedral"],
                    help="random flips (and 90-degree turns) of the normal images while training")

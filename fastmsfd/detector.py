@@ -245,7 +245,7 @@ class Detector(nn.Module):
             return load_resized([Path(p) for p in source], S, progress)
         return _as_u8(to_image_list(source, "fit images")[0], S)
 
-    def fit(self, source, epochs: int | None = None, batch_size: int = 8, lr: float = 3e-3, val_fraction: float = 0.1,
+    def fit(self, source, epochs: int | None = None, batch_size: int = 8, lr: float = 1e-3, val_fraction: float = 0.1,
             seed: int = 0, progress: bool = True, calibrate_quantile: float = 0.99, **train_kwargs) -> "Detector":
         """Train the student on normal images: a folder, an MVTec category folder (uses train/good), a list of
         paths, a tensor/array batch or a DataLoader. A held-out part (val_fraction) of them drives early

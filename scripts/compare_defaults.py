@@ -39,8 +39,12 @@ VARIANTS = {
     "AdamW wd 1e-2": {"fit": {"optimizer": "adamw", "weight_decay": 1e-2}},
     "constant lr": {"fit": {"schedule": "constant"}},
     "lr 1e-3": {"fit": {"lr": 1e-3}},
+    "lr 3e-3": {"fit": {"lr": 3e-3}},  # the default before 2026-11-29 (docs/training.md)
     "flip augmentation": {"fit": {"augment": "flip"}},
     "dihedral augmentation": {"fit": {"augment": "dihedral"}},
+    "flip + lr 1e-3": {"fit": {"augment": "flip", "lr": 1e-3}},
+    "auto epochs": {"fit": {"epochs": None}},
+    "auto epochs + lr 1e-3": {"fit": {"epochs": None, "lr": 1e-3}},
     "bf16 autocast": {"precision": "bfloat16"},  # training and inference under torch.autocast(bfloat16)
 }
 
@@ -81,14 +85,14 @@ def main() -> None:
     print("| variant | category | image AUROC | pixel AUROC | AUPRO | fit s |\n|---|---|---|---|---|---|")
     for name in args.variants.split(","):
         kw = dict(VARIANTS[name])
-        fit_kw = kw.pop("fit", {})
+        fit_kw = {"epochs": args.epochs, **kw.pop("fit", {})}  # "epochs": None = the library's auto length
         for cat in cats:
             train = training_paths(cat)
             if args.max_train:
                 step = max(1, len(train) // args.max_train)
                 train = train[::step][: args.max_train]
             t0 = time.perf_counter()
-            det = Detector(image_size=args.image_size, **kw).fit(train, epochs=args.epochs, seed=args.seed,
+            det = Detector(image_size=args.image_size, **kw).fit(train, seed=args.seed,
                                                                   progress=False, **fit_kw)
             fit_s = time.perf_counter() - t0
             m = evaluate_category(det, cat).metrics
