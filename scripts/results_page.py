@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 
 
@@ -27,8 +28,19 @@ def main(dirs: list[str]) -> None:
     print("| dataset / category | image AUROC | pixel AUROC | AUPRO | F1-max | F1 @ threshold | fit s | epochs | "
           "eval s | resolution | runtime |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
+    keys = ("backbone", "layers", "image_size", "alpha", "beta", "sigma_factor", "aggregate", "score_topk")
+    from fastmsfd import Detector
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "random weights": only the default configuration is read
+        plain = Detector(weights="random")
+    defaults = {k: v for k, v in plain.config.items() if k in keys}
+    defaults["layers"] = list(plain.layers)
     for c, rep in rows:
-        print(f"| {c['category']} | {fmt(c['image_auroc'])} | {fmt(c['pixel_auroc'])} | {fmt(c['aupro'])} | "
+        cfg = rep["detector"].get(c["category"], {})
+        changed = ", ".join(f"{k}={cfg[k]}" for k in keys if k in cfg and cfg[k] != defaults.get(k))
+        name = f"{c['category']} ({changed})" if changed else c["category"]
+        print(f"| {name} | {fmt(c['image_auroc'])} | {fmt(c['pixel_auroc'])} | {fmt(c['aupro'])} | "
               f"{fmt(c['f1_max'])} | {fmt(c['f1_at_threshold'])} | {fmt(c['fit_seconds'], 0)} | "
               f"{c.get('epochs_run', 'n/a')} | {fmt(c['eval_seconds'], 0)} | {c['resolution']} | "
               f"{c.get('runtime', 'n/a')} |")
@@ -41,9 +53,8 @@ def main(dirs: list[str]) -> None:
             print(f"  - {c['category']}: per-defect image AUROC: {per}")
             for note in c["notes"]:
                 print(f"  - note: {note}")
-    cfg = next(iter(json.loads((Path(dirs[0]) / "metrics.json").read_text())["detector"].values()))
-    keys = ("backbone", "layers", "image_size", "alpha", "beta", "sigma_factor", "aggregate", "score_topk")
-    print("\nDetector configuration (the defaults): " + ", ".join(f"{k}={cfg.get(k)}" for k in keys) + "\n")
+    print("\nDetector configuration (the defaults; a row names what it changes): "
+          + ", ".join(f"{k}={defaults.get(k)}" for k in keys) + "\n")
 
 
 if __name__ == "__main__":
