@@ -47,7 +47,10 @@ def read_sample_mask(sample: TestSample) -> np.ndarray | None:
     return read_mask(sample.mask_path)
 
 
-def _resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def mask_at(mask: np.ndarray | None, size: tuple[int, int]) -> np.ndarray:
+    """A mask (or None: all normal) as bool at `size`, resized the way the evaluation resizes it (nearest)."""
+    if mask is None:
+        return np.zeros(size, bool)
     t = torch.from_numpy(mask.astype(np.float32))[None, None]
     return F.interpolate(t, size=size, mode="nearest")[0, 0].numpy() > 0.5
 
@@ -91,7 +94,7 @@ def evaluate(detector, category: Category | str | Path, full_res: bool = False, 
                 mask_list.append(np.zeros((h, w), bool) if mask is None else mask)
             else:
                 heat_list.append(pred.heatmaps[j].numpy())
-                mask_list.append(np.zeros((S, S), bool) if mask is None else _resize_mask(mask, (S, S)))
+                mask_list.append(mask_at(mask, (S, S)))
         if bar:
             bar.update(len(chunk))
     if bar:

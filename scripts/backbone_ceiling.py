@@ -8,21 +8,16 @@ from __future__ import annotations
 
 import argparse
 import io
-import time
 import warnings
 
 import numpy as np
 import torch
 
 
-def images_per_second(run, x: np.ndarray, reps: int = 10) -> float:
-    run(x)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        run(x)
-        times.append(time.perf_counter() - t0)
-    return len(x) / float(np.median(times))
+def images_per_second(run, x) -> float:
+    from fastmsfd.bench import _median_seconds  # the timing `fastmsfd bench` uses
+
+    return len(x) / _median_seconds(lambda: run(x), 10)
 
 
 def main() -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import numpy as np
 QUANTISED_OPS = ("Conv", "Add", "Relu", "Clip", "MaxPool")
 
 
-def quantise(f32_path: Path, out_path: Path, calibration: np.ndarray, per_channel: bool) -> int:
+def quantise(f32_path: Path, out_path: Path, calibration: np.ndarray, per_channel: bool) -> None:
     import onnx
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quant_pre_process,
                                           quantize_static)
@@ -43,7 +42,6 @@ def quantise(f32_path: Path, out_path: Path, calibration: np.ndarray, per_channe
 
     quantize_static(str(pre), str(out_path), Reader(), quant_format=QuantFormat.QDQ, nodes_to_quantize=nodes,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel)
-    return len(nodes)
 
 
 def runners(path: Path):
@@ -66,16 +64,6 @@ def runners(path: Path):
     yield "openvino", run_ov
 
 
-def throughput(run, images: np.ndarray, reps: int = 5) -> float:
-    run(images[:8])
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        run(images[:8])
-        times.append(time.perf_counter() - t0)
-    return 8 / float(np.median(times))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", help="a .fastmsfd file, or a backbone name with --speed-only")
@@ -86,9 +74,10 @@ def main() -> None:
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     from fastmsfd import Detector, metrics
+    from fastmsfd.bench import _median_seconds
     from fastmsfd.data import load_resized
     from fastmsfd.datasets import mvtec_category
-    from fastmsfd.evaluate import _resize_mask, read_sample_mask
+    from fastmsfd.evaluate import mask_at, read_sample_mask
     from fastmsfd.export import onnx_bytes
 
     if args.speed_only:
@@ -103,8 +92,7 @@ def main() -> None:
                                    det.image_size, False).numpy()
         samples, S = mvtec_category(root).test, det.image_size
         test = load_resized([s.path for s in samples], S, False).numpy()
-        masks = np.stack([np.zeros((S, S), bool) if (m := read_sample_mask(s)) is None else _resize_mask(m, (S, S))
-                          for s in samples])
+        masks = np.stack([mask_at(read_sample_mask(s), (S, S)) for s in samples])
         labels = np.array([s.label for s in samples])
     print(f"| graph | runtime | image AUROC | pixel AUROC | AUPRO | images/s |\n|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
@@ -120,7 +108,7 @@ def main() -> None:
                     score = np.concatenate([np.asarray(s) for _, s in out])
                     acc = (f"{metrics.image_auroc(labels, score):.4f} | {metrics.pixel_auroc(masks, heat):.4f} | "
                            f"{metrics.aupro(masks, heat):.4f}")
-                print(f"| {name} | {runtime} | {acc} | {throughput(run, test):.1f} |", flush=True)
+                print(f"| {name} | {runtime} | {acc} | {8 / _median_seconds(lambda: run(test[:8]), 5):.1f} |", flush=True)
 
 
 if __name__ == "__main__":

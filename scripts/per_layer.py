@@ -23,14 +23,13 @@ def main() -> None:
     from fastmsfd import anomaly_map as ref
     from fastmsfd.data import load_resized
     from fastmsfd.datasets import mvtec_category
-    from fastmsfd.evaluate import _resize_mask, read_sample_mask
+    from fastmsfd.evaluate import mask_at, read_sample_mask
 
     det = Detector.load(args.model, runtime="torch").eval()
     S, cfg = det.image_size, det.config
     samples = mvtec_category(args.category).test
     labels = np.array([s.label for s in samples])
-    masks = np.stack([np.zeros((S, S), bool) if (m := read_sample_mask(s)) is None else _resize_mask(m, (S, S))
-                      for s in samples])
+    masks = np.stack([mask_at(read_sample_mask(s), (S, S)) for s in samples])
     u8 = load_resized([s.path for s in samples], S, False)
     maps = [[] for _ in det.layers]
     with torch.no_grad():
