@@ -2,9 +2,11 @@
 
     .venv/bin/python scripts/compare_defaults.py                      # the demo textures, all variants
     .venv/bin/python scripts/compare_defaults.py --data ../shared/data/mtd --max-train 200 --variants default,max
+    .venv/bin/python scripts/compare_defaults.py --epochs 40 --seeds 0,1,2 --variants "default,lr 3e-3"
 
-Each row: one variant fitted and evaluated per category with the same seed; the numbers in docs/defaults.md
-come from this script.
+Each row: one variant fitted and evaluated per category with the same seed; with --seeds, one row per seed and
+then the mean (and range) over the seeds, since one seed can move a texture's image AUROC by 0.2
+(docs/training.md). The numbers in docs/defaults.md and docs/training.md come from this script.
 """
 from __future__ import annotations
 
@@ -57,6 +59,31 @@ def categories(data: Path) -> list[Path]:
     return cats
 
 
+def _mean(values: list) -> float | None:
+    return None if None in values else sum(values) / len(values)
+
+
+def print_seed_summary(rows: list[dict], n_seeds: int) -> None:
+    """Mean and range over the seeds of each (variant, category), and of the per-seed category means."""
+    keys = ("image_auroc", "pixel_auroc", "aupro")
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["variant"], r["category"]), []).append(r)
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        cats = [c for v, c in groups if v == variant]
+        per_seed = [{k: _mean([groups[variant, c][i][k] for c in cats]) for k in keys} for i in range(n_seeds)]
+        if len(cats) > 1:
+            groups[variant, "mean of categories"] = per_seed
+    print(f"\nOver {n_seeds} seeds: mean (min-max)\n| variant | category | image AUROC | pixel AUROC | AUPRO |\n"
+          "|---|---|---|---|---|")
+    for (variant, cat), rs in groups.items():
+        cells = []
+        for k in keys:
+            v = [r[k] for r in rs]
+            cells.append("n/a" if None in v else f"{_mean(v):.3f} ({min(v):.3f}-{max(v):.3f})")
+        print(f"| {variant} | {cat} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", help="MVTec-layout category or root (default: build the demo textures)")
@@ -67,6 +94,7 @@ def main() -> None:
                     "length (about 3,000 training images seen)")
     ap.add_argument("--max-train", type=int, default=0, help="use at most this many training images (0: all)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", help="comma-separated seeds (overrides --seed); adds mean and range per variant")
     ap.add_argument("--json", help="also write the rows here")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
@@ -81,22 +109,25 @@ def main() -> None:
     print(f"data: {', '.join(c.name for c in cats)}; image size {args.image_size}; epochs <= {args.epochs}; "
           f"torch threads {torch.get_num_threads()}")
     print("| variant | category | image AUROC | pixel AUROC | AUPRO | fit s |\n|---|---|---|---|---|---|")
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
     for name in args.variants.split(","):
         kw = dict(VARIANTS[name])
         fit_kw = {"epochs": args.epochs or None, **kw.pop("fit", {})}  # "epochs": None = the library's auto length
-        for cat in cats:
+        for cat, seed in ((c, s) for c in cats for s in seeds):
             train = training_paths(cat)
             if args.max_train:
                 step = max(1, len(train) // args.max_train)
                 train = train[::step][: args.max_train]
             t0 = time.perf_counter()
-            det = Detector(image_size=args.image_size, **kw).fit(train, seed=args.seed,
-                                                                  progress=False, **fit_kw)
+            det = Detector(image_size=args.image_size, **kw).fit(train, seed=seed, progress=False, **fit_kw)
             fit_s = time.perf_counter() - t0
             m = evaluate_category(det, cat).metrics
-            rows.append(dict(variant=name, category=cat.name, fit_seconds=round(fit_s, 1), **m))
-            print(f"| {name} | {cat.name} | {m['image_auroc']:.3f} | {m['pixel_auroc']:.3f} | {m['aupro']:.3f} | "
+            rows.append(dict(variant=name, category=cat.name, seed=seed, fit_seconds=round(fit_s, 1), **m))
+            label = f"{name} (seed {seed})" if len(seeds) > 1 else name
+            print(f"| {label} | {cat.name} | {m['image_auroc']:.3f} | {m['pixel_auroc']:.3f} | {m['aupro']:.3f} | "
                   f"{fit_s:.0f} |", flush=True)
+    if len(seeds) > 1:
+        print_seed_summary(rows, len(seeds))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 
