@@ -365,7 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo_output", help="output folder (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--image-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
+    # 3e-3, not fit's 1e-3: on these small 128 px texture sets 40 epochs at 1e-3 leave the student far from
+    # converged, and 3e-3 is better over three seeds (docs/training.md, "Learning rate at the default budget")
+    p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default: %(default)s)")
     p.add_argument("--score-topk", type=float, default=0.01, help="image score: mean of the top fraction")
     p.add_argument("--augment", default="none", choices=["none", "flip", "dihedral"],
                    help="random flips (and 90-degree turns) of the normal images while training")
