@@ -41,7 +41,9 @@ VARIANTS = {
     "AdamW wd 1e-2": {"fit": {"optimizer": "adamw", "weight_decay": 1e-2}},
     "constant lr": {"fit": {"schedule": "constant"}},
     "lr 1e-3": {"fit": {"lr": 1e-3}},
-    "lr 3e-3": {"fit": {"lr": 3e-3}},  # the default before 2026-11-29 (docs/training.md)
+    "lr 3e-3": {"fit": {"lr": 3e-3}},  # the default before 2026-11-29 (docs/training.md); fastmsfd demo's lr
+    "lr 5e-3": {"fit": {"lr": 5e-3}},
+    "lr 3e-3 60 epochs": {"fit": {"lr": 3e-3, "epochs": 60}},
     "flip augmentation": {"fit": {"augment": "flip"}},
     "dihedral augmentation": {"fit": {"augment": "dihedral"}},
     "bf16 autocast": {"precision": "bfloat16"},  # training and inference under torch.autocast(bfloat16)
