@@ -210,9 +210,15 @@ class Detector(nn.Module):
         return ref.default_sigmas([tuple(f.shape[-2:]) for f in feats], (S, S), self.config["sigma_factor"])
 
     def anomaly_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        t, s = self.features(x)
+        return self.maps_from_features(*self.features(x))
+
+    def maps_from_features(self, t: Sequence[torch.Tensor], s: Sequence[torch.Tensor],
+                           layer_weights: Sequence[float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(heatmaps, scores) of teacher/student features with this detector's settings. Pass one layer's
+        features and layer_weights=[1.0] to see that layer alone, up-sampled and scored as the detector does."""
         S = self.image_size
-        return ops.anomaly_map(t, s, (S, S), layer_weights=self.layer_weights.tolist(), alpha=self.config["alpha"],
+        weights = self.layer_weights.tolist() if layer_weights is None else list(layer_weights)
+        return ops.anomaly_map(t, s, (S, S), layer_weights=weights, alpha=self.config["alpha"],
                                beta=self.config["beta"], sigmas=self._sigmas(t), aggregate=self.config["aggregate"],
                                topk=self.config["score_topk"], blur_sigma=self.config["blur_sigma"],
                                backend=self.ops_backend, upsampling=self.config["upsampling"])

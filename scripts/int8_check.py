@@ -108,7 +108,8 @@ def main() -> None:
                     score = np.concatenate([np.asarray(s) for _, s in out])
                     acc = (f"{metrics.image_auroc(labels, score):.4f} | {metrics.pixel_auroc(masks, heat):.4f} | "
                            f"{metrics.aupro(masks, heat):.4f}")
-                print(f"| {name} | {runtime} | {acc} | {8 / _median_seconds(lambda: run(test[:8]), 5):.1f} |", flush=True)
+                images_per_s = 8 / _median_seconds(lambda: run(test[:8]), 5)
+                print(f"| {name} | {runtime} | {acc} | {images_per_s:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

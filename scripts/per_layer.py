@@ -20,37 +20,35 @@ def main() -> None:
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     from fastmsfd import Detector, metrics
-    from fastmsfd import anomaly_map as ref
     from fastmsfd.data import load_resized
     from fastmsfd.datasets import mvtec_category
     from fastmsfd.evaluate import mask_at, read_sample_mask
 
     det = Detector.load(args.model, runtime="torch").eval()
-    S, cfg = det.image_size, det.config
+    S = det.image_size
     samples = mvtec_category(args.category).test
     labels = np.array([s.label for s in samples])
     masks = np.stack([mask_at(read_sample_mask(s), (S, S)) for s in samples])
     u8 = load_resized([s.path for s in samples], S, False)
     maps = [[] for _ in det.layers]
+    scores = [[] for _ in det.layers]
+    total_maps, total_scores = [], []
     with torch.no_grad():
         for i in range(0, len(u8), 16):
             t, s = det.features(det._prepare(u8[i:i + 16]))
-            sigmas = det._sigmas(t)
-            for layer, (tl, sl) in enumerate(zip(t, s)):
-                d = ref.combined_distance(tl.float(), sl.float(), cfg["alpha"], cfg["beta"])
-                rows = ref.gaussian_matrix(S, d.shape[-2], sigmas[layer])
-                cols = ref.gaussian_matrix(S, d.shape[-1], sigmas[layer])
-                maps[layer].append(ref.upsample(d, rows, cols))
+            for layer in range(len(det.layers)):
+                heat, score = det.maps_from_features(t[layer:layer + 1], s[layer:layer + 1], [1.0])
+                maps[layer].append(heat)
+                scores[layer].append(score)
+            heat, score = det.maps_from_features(t, s)
+            total_maps.append(heat)
+            total_scores.append(score)
     print(f"{args.model} on {args.category}\n| layer | image AUROC | pixel AUROC |\n|---|---|---|")
-    total = 0
-    for name, w, m in zip(det.layers, det.layer_weights.tolist(), maps):
-        h = torch.cat(m)
-        total = total + w * h
-        score = ref.image_score(h, cfg["score_topk"]).numpy()
-        print(f"| {name} alone | {metrics.image_auroc(labels, score):.4f} | {metrics.pixel_auroc(masks, h.numpy()):.4f} |")
-    score = ref.image_score(total, cfg["score_topk"]).numpy()
-    print(f"| weighted sum (the detector) | {metrics.image_auroc(labels, score):.4f} | "
-          f"{metrics.pixel_auroc(masks, total.numpy()):.4f} |")
+    rows = [(f"{name} alone", m, sc) for name, m, sc in zip(det.layers, maps, scores)]
+    rows.append(("weighted sum (the detector)", total_maps, total_scores))
+    for name, m, sc in rows:
+        heat, score = torch.cat(m).float().numpy(), torch.cat(sc).float().numpy()
+        print(f"| {name} | {metrics.image_auroc(labels, score):.4f} | {metrics.pixel_auroc(masks, heat):.4f} |")
 
 
 if __name__ == "__main__":
