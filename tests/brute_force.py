@@ -55,3 +55,25 @@ def aggregate(maps, weights, mode):
     for m in w:
         out = out * m
     return out
+
+
+def border_statistics(maps, smooth):
+    """Per-ring mean and std of (N, H, W) maps, pooled over rings with Gaussian weights, std floored at a tenth
+    of its median over rings; spread back to (H, W). Every pixel visited one at a time."""
+    N, H, W = maps.shape
+    ring = np.array([[min(y, x, H - 1 - y, W - 1 - x) for x in range(W)] for y in range(H)])
+    R = ring.max() + 1
+    means, stds = np.zeros(R), np.zeros(R)
+    for r in range(R):
+        wsum = s1 = s2 = 0.0
+        for y in range(H):
+            for x in range(W):
+                q = ring[y, x]
+                w = (1.0 if q == r else 0.0) if smooth == 0 else math.exp(-(r - q) ** 2 / (2 * smooth ** 2))
+                for n in range(N):
+                    v = float(maps[n, y, x])
+                    wsum, s1, s2 = wsum + w, s1 + w * v, s2 + w * v * v
+        means[r] = s1 / wsum
+        stds[r] = math.sqrt(max(s2 / wsum - means[r] ** 2, 0.0))
+    stds = np.maximum(stds, max(0.1 * np.median(stds), 1e-12))
+    return means[ring], stds[ring]
