@@ -27,6 +27,8 @@ from .train import TrainConfig, TrainHistory, auto_epochs, distill
 
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LAYER_WEIGHT_QUANTILE = 0.99
+MAP_NORMS = ("border", None)
+MAP_NORM_MAX_IMAGES = 256  # normal images whose heatmaps give the border statistics (an even subsample beyond)
 
 
 @dataclass
@@ -58,6 +60,10 @@ class Detector(nn.Module):
     The image score is the mean of the top 1% of the heatmap (score_topk=0.01; None for the plain maximum):
     it beat the maximum on the demo and on MTD (docs/defaults.md).
 
+    map_norm="border" (default): fit() also measures the mean and std of normal heatmaps as a function of the
+    distance to the image border, and every heatmap is standardised by them before scoring, so the noisier
+    border pixels no longer win the top-k (docs/defaults.md, "Border calibration"). None: the raw heatmap.
+
     A frozen ImageNet teacher and a same-architecture student; where their features disagree, the input is
     anomalous. Fit on defect-free images only.
     """
@@ -67,7 +73,8 @@ class Detector(nn.Module):
                  runtime: str = "auto", precision: str = "float32", alpha: float = 1.0, beta: float = 1.0,
                  sigma_factor: float = ref.DEFAULT_SIGMA_FACTOR, aggregate: str = "sum",
                  score_topk: float | None = 0.01, blur_sigma: float | None = None, download: bool = False,
-                 ops_backend: str = "auto", compile: bool | str = False, upsampling: str = "gaussian"):
+                 ops_backend: str = "auto", compile: bool | str = False, upsampling: str = "gaussian",
+                 map_norm: str | None = "border"):
         super().__init__()
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
@@ -79,6 +86,8 @@ class Detector(nn.Module):
             raise ValueError(f"aggregate must be one of {ref.AGGREGATIONS}, got {aggregate!r}")
         if upsampling not in ref.UPSAMPLINGS:
             raise ValueError(f"upsampling must be one of {ref.UPSAMPLINGS}, got {upsampling!r}")
+        if map_norm not in MAP_NORMS:
+            raise ValueError(f"map_norm must be one of {MAP_NORMS}, got {map_norm!r}")
         layers = tuple(layers) if layers else default_layers(backbone)
         self.teacher = build_teacher(backbone, layers, weights=weights, download=download)
         self.student = build_student(backbone, layers)
@@ -86,13 +95,16 @@ class Detector(nn.Module):
         self.config: dict[str, Any] = dict(
             backbone=backbone, layers=list(self.layers), image_size=image_size, precision=precision,
             alpha=alpha, beta=beta, sigma_factor=sigma_factor, aggregate=aggregate, score_topk=score_topk,
-            blur_sigma=blur_sigma, upsampling=upsampling,
+            blur_sigma=blur_sigma, upsampling=upsampling, map_norm=map_norm,
             random_teacher=isinstance(weights, str) and weights == "random")
         mean, std = normalization(backbone)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
         self.register_buffer("layer_weights", torch.ones(len(self.layers)))
         self.register_buffer("threshold", torch.tensor(float("nan")))
+        # per-pixel statistics of normal heatmaps (map_norm="border"); the identity until fit() measures them
+        self.register_buffer("map_mean", torch.zeros(image_size, image_size))
+        self.register_buffer("map_std", torch.ones(image_size, image_size))
         self.runtime_request = runtime
         # torch.compile of the inference networks (torch runtime, eval mode): True, or a torch.compile mode such as
         # "reduce-overhead" (CUDA graphs for fixed shapes on a GPU) or "max-autotune".
@@ -123,7 +135,8 @@ class Detector(nn.Module):
         thr = float(self.threshold)
         state = "fitted" if self.fitted else "not fitted"
         return (f"backbone={self.config['backbone']}, layers={list(self.layers)}, image_size={self.image_size}, "
-                f"aggregate={self.config['aggregate']}, precision={self.config['precision']}, {state}, "
+                f"aggregate={self.config['aggregate']}, map_norm={self.config['map_norm']}, "
+                f"precision={self.config['precision']}, {state}, "
                 f"threshold={'unset' if math.isnan(thr) else f'{thr:.4g}'}")
 
     def __repr__(self) -> str:  # a one-line summary, not the whole network
@@ -213,15 +226,22 @@ class Detector(nn.Module):
         return self.maps_from_features(*self.features(x))
 
     def maps_from_features(self, t: Sequence[torch.Tensor], s: Sequence[torch.Tensor],
-                           layer_weights: Sequence[float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                           layer_weights: Sequence[float] | None = None,
+                           standardize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """(heatmaps, scores) of teacher/student features with this detector's settings. Pass one layer's
-        features and layer_weights=[1.0] to see that layer alone, up-sampled and scored as the detector does."""
+        features, layer_weights=[1.0] and standardize=False to see that layer alone, up-sampled and scored as the
+        detector does (the border statistics belong to the full heatmap)."""
         S = self.image_size
         weights = self.layer_weights.tolist() if layer_weights is None else list(layer_weights)
-        return ops.anomaly_map(t, s, (S, S), layer_weights=weights, alpha=self.config["alpha"],
-                               beta=self.config["beta"], sigmas=self._sigmas(t), aggregate=self.config["aggregate"],
-                               topk=self.config["score_topk"], blur_sigma=self.config["blur_sigma"],
-                               backend=self.ops_backend, upsampling=self.config["upsampling"])
+        heat, score = ops.anomaly_map(t, s, (S, S), layer_weights=weights, alpha=self.config["alpha"],
+                                      beta=self.config["beta"], sigmas=self._sigmas(t),
+                                      aggregate=self.config["aggregate"], topk=self.config["score_topk"],
+                                      blur_sigma=self.config["blur_sigma"], backend=self.ops_backend,
+                                      upsampling=self.config["upsampling"])
+        if standardize and self.config["map_norm"]:
+            heat = ref.standardize(heat, self.map_mean, self.map_std)
+            score = ref.image_score(heat, self.config["score_topk"])
+        return heat, score
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, H, W) float images in [0, 1] -> heatmaps (B, S, S) and scores (B,). Resizes when H, W != S."""
@@ -280,6 +300,8 @@ class Detector(nn.Module):
                           beta=self.config["beta"], seed=seed, progress=progress and rank == 0, rank=rank,
                           world_size=world, **train_kwargs)
         self.layer_weights.fill_(1.0)
+        self.map_mean.zero_()
+        self.map_std.fill_(1.0)
         self.teacher.fit_statistics(self._prepare(train[i:i + 32]) for i in range(0, len(train), 32))
         features = self.features
         if world > 1:
@@ -296,6 +318,8 @@ class Detector(nn.Module):
                 to_plain_bn(self.student)
         self.eval()
         self._set_layer_weights(val)
+        if self.config["map_norm"]:
+            self._set_map_statistics(train)
         self.fitted = True
         self.reset_runtime()
         self.calibrate(val, quantile=calibrate_quantile)
@@ -314,6 +338,21 @@ class Detector(nn.Module):
                 per_layer[l].append(ref.combined_distance(tl, sl, self.config["alpha"], self.config["beta"]).flatten())
         q = [float(np.quantile(torch.cat(d).float().cpu().numpy(), LAYER_WEIGHT_QUANTILE)) for d in per_layer]
         self.layer_weights.copy_(torch.tensor([1.0 / max(v, 1e-12) for v in q]))
+
+    @torch.no_grad()
+    def _set_map_statistics(self, images_u8: torch.Tensor) -> None:
+        """map_mean / map_std from the raw heatmaps of normal images, pooled by distance to the border. fit()
+        passes the training images, not the small held-out part: the ring statistics need many images (the demo's
+        8 held-out crops were too noisy). The student fits its training images more closely, but a shift or scale
+        shared by all pixels changes no ranking, and the threshold is calibrated afterwards on held-out images."""
+        step = max(1, math.ceil(len(images_u8) / MAP_NORM_MAX_IMAGES))
+        images_u8 = images_u8[::step]
+        heat = torch.cat([self.maps_from_features(*self.features(self._prepare(images_u8[i:i + 16])),
+                                                  standardize=False)[0].float()
+                          for i in range(0, len(images_u8), 16)])
+        mean, std = ref.border_statistics(heat)
+        self.map_mean.copy_(mean)
+        self.map_std.copy_(std)
 
     # ---- inference -----------------------------------------------------------------------------------
     def _batches(self, images, batch_size: int):
@@ -416,6 +455,8 @@ class Detector(nn.Module):
         tensors.update({f"student.{k}": v for k, v in self.student.state_dict().items()})
         tensors.update(layer_weights=self.layer_weights, threshold=self.threshold.reshape(1),
                        mean=self.mean, std=self.std)
+        if self.config["map_norm"]:
+            tensors.update(map_mean=self.map_mean, map_std=self.map_std)
         config = dict(self.config, fitted=self.fitted, fastmsfd_version=__version__)
         save_checkpoint(path, tensors, config)
 
@@ -431,8 +472,10 @@ class Detector(nn.Module):
         try:
             with warnings.catch_warnings():  # random init is immediately overwritten by the file's weights
                 warnings.simplefilter("ignore")
+                # files written before map_norm existed scored the raw heatmap: they keep doing so
                 det = cls(**{k: config[k] for k in known}, weights="random", runtime=runtime, device="cpu",
-                          ops_backend=ops_backend, upsampling=config.get("upsampling", "gaussian"))
+                          ops_backend=ops_backend, upsampling=config.get("upsampling", "gaussian"),
+                          map_norm=config.get("map_norm"))
         except ValueError as exc:
             raise CheckpointError(f"{path}: configuration not usable by this fastmsfd ({exc})") from None
         for name, module in (("teacher", det.teacher), ("student", det.student)):
@@ -442,7 +485,8 @@ class Detector(nn.Module):
             except RuntimeError as exc:
                 raise CheckpointError(f"{path}: {name} weights do not match backbone "
                                       f"{config['backbone']} {config['layers']} ({str(exc)[:200]})") from None
-        for name in ("layer_weights", "mean", "std"):
+        stats = ("map_mean", "map_std") if det.config["map_norm"] else ()
+        for name in ("layer_weights", "mean", "std") + stats:
             if name not in tensors or tensors[name].shape != getattr(det, name).shape:
                 raise CheckpointError(f"{path}: {name} missing or of the wrong shape")
             getattr(det, name).copy_(tensors[name])

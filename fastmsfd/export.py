@@ -3,7 +3,8 @@
 Input "images": uint8 (B, 3, S, S), RGB, already resized to the detector's image_size S (bilinear, antialiased:
 what Detector.predict does; the ONNX metadata says so). Normalisation happens inside the graph. Outputs
 "heatmap" (B, S, S) float32 and "score" (B,) float32: the same math as fastmsfd.anomaly_map (reference), with
-the Gaussian up-sampling as two MatMuls by fixed matrices. The batch dimension is dynamic.
+the Gaussian up-sampling as two MatMuls by fixed matrices, and the heatmap standardised by the detector's border
+statistics (map_norm="border") before the score. The batch dimension is dynamic.
 """
 from __future__ import annotations
 
@@ -52,6 +53,10 @@ class InferenceGraph(nn.Module):
         self.weights = [float(w) for w in detector.layer_weights.tolist()]
         self.alpha, self.beta = float(cfg["alpha"]), float(cfg["beta"])
         self.topk = cfg["score_topk"]
+        self.map_norm = bool(cfg.get("map_norm"))
+        if self.map_norm:
+            self.register_buffer("map_mean", detector.map_mean.detach().clone())
+            self.register_buffer("map_std", detector.map_std.detach().clone())
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # the reference math itself (fastmsfd/anomaly_map.py), traced: one definition for every backend
@@ -62,6 +67,8 @@ class InferenceGraph(nn.Module):
         heat = ref.aggregate(maps, self.weights, self.mode)
         if self.post_blur:
             heat = ref.upsample(heat, self.blur_rows, self.blur_cols)
+        if self.map_norm:
+            heat = ref.standardize(heat, self.map_mean, self.map_std)
         return heat, ref.image_score(heat, self.topk)
 
 

@@ -15,7 +15,7 @@ from . import metrics
 from .checkpoint import atomic_path, atomic_write_bytes
 from .data import read_image
 from .evaluate import EvalResult, read_sample_mask
-from .viz import overlay
+from .viz import overlay, overlay_vmax
 
 METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "f1_at_threshold")
 TILE = 192
@@ -99,8 +99,7 @@ def overlay_grid(result: EvalResult, path: Path) -> Path:
     for i, s in enumerate(result.samples):
         by_type.setdefault(s.defect, []).append(i)
     thr = result.threshold
-    all_max = max(float(np.max(h)) for h in result.heatmaps)
-    vmax = 2 * thr if np.isfinite(thr) and thr > 0 else all_max
+    vmax = overlay_vmax(thr, result.heatmaps)
     rows = []
     for defect in sorted(by_type, key=lambda d: (d != "good", d)):
         idx = sorted(by_type[defect], key=lambda j: -result.scores[j])

@@ -17,6 +17,14 @@ def _jet(x: np.ndarray) -> np.ndarray:
     return (np.stack([r, g, b], -1) * 255).astype(np.uint8)
 
 
+def overlay_vmax(threshold: float, heatmaps: np.ndarray) -> float:
+    """The heatmap value shown at full colour: twice the threshold (it sits mid-scale), or the largest value
+    when there is no usable threshold (unset, or not positive)."""
+    if np.isfinite(threshold) and threshold > 0:
+        return 2 * threshold
+    return max(float(np.max(h)) for h in heatmaps)  # an array or a list of differently sized heatmaps
+
+
 def overlay(image: np.ndarray, heatmap: np.ndarray, vmax: float, mask: np.ndarray | None = None,
             alpha: float = 0.5) -> np.ndarray:
     """Blend a heatmap (scaled by vmax, e.g. the threshold times 2) over an RGB uint8 image of the same size;

@@ -47,6 +47,10 @@ VARIANTS = {
     "flip augmentation": {"fit": {"augment": "flip"}},
     "dihedral augmentation": {"fit": {"augment": "dihedral"}},
     "bf16 autocast": {"precision": "bfloat16"},  # training and inference under torch.autocast(bfloat16)
+    # the raw heatmap, as before border calibration (2026-11-29): same training, scored without map_norm
+    "raw heatmap": {"map_norm": None},
+    "lr 3e-3 raw heatmap": {"map_norm": None, "fit": {"lr": 3e-3}},
+    "lr 3e-3 flip augmentation": {"fit": {"lr": 3e-3, "augment": "flip"}},
 }
 
 

@@ -1,6 +1,6 @@
 """Each layer of a fitted detector on its own: the layer's distance map, up-sampled like the detector does, scored
-alone (image AUROC with the detector's score rule, pixel AUROC), then the detector's own weighted sum. Shows
-which scales find a dataset's defects.
+alone (image AUROC with the detector's score rule, pixel AUROC; raw heatmaps), then the detector's own weighted
+sum (border-standardised when the detector is). Shows which scales find a dataset's defects.
 
     .venv/bin/python scripts/per_layer.py MODEL.fastmsfd CATEGORY_FOLDER
 """
@@ -37,7 +37,9 @@ def main() -> None:
         for i in range(0, len(u8), 16):
             t, s = det.features(det._prepare(u8[i:i + 16]))
             for layer in range(len(det.layers)):
-                heat, score = det.maps_from_features(t[layer:layer + 1], s[layer:layer + 1], [1.0])
+                # raw: the border statistics belong to the detector's full heatmap, not to one layer
+                heat, score = det.maps_from_features(t[layer:layer + 1], s[layer:layer + 1], [1.0],
+                                                     standardize=False)
                 maps[layer].append(heat)
                 scores[layer].append(score)
             heat, score = det.maps_from_features(t, s)

@@ -28,7 +28,8 @@ def main(dirs: list[str]) -> None:
     print("| dataset / category | image AUROC | pixel AUROC | AUPRO | F1-max | F1 @ threshold | fit s | epochs | "
           "eval s | resolution | runtime |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    keys = ("backbone", "layers", "image_size", "alpha", "beta", "sigma_factor", "aggregate", "score_topk")
+    keys = ("backbone", "layers", "image_size", "alpha", "beta", "sigma_factor", "aggregate", "score_topk",
+            "map_norm")
     from fastmsfd import Detector
 
     with warnings.catch_warnings():
@@ -37,7 +38,8 @@ def main(dirs: list[str]) -> None:
     defaults = {k: v for k, v in plain.config.items() if k in keys}
     defaults["layers"] = list(plain.layers)
     for c, rep in rows:
-        cfg = rep["detector"].get(c["category"], {})
+        # reports from before border calibration (2026-11-29) scored the raw heatmap
+        cfg = {"map_norm": None, **rep["detector"].get(c["category"], {})}
         changed = ", ".join(f"{k}={cfg[k]}" for k in keys if k in cfg and cfg[k] != defaults.get(k))
         name = f"{c['category']} ({changed})" if changed else c["category"]
         print(f"| {name} | {fmt(c['image_auroc'])} | {fmt(c['pixel_auroc'])} | {fmt(c['aupro'])} | "

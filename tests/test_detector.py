@@ -284,3 +284,67 @@ def test_unknown_optimizer_or_schedule_is_refused():
         Detector(image_size=SIZE).fit(_images(6), epochs=1, progress=False, optimizer="lion")
     with pytest.raises(ValueError, match="schedule must be one of"):
         Detector(image_size=SIZE).fit(_images(6), epochs=1, progress=False, schedule="step")
+
+
+def test_fit_measures_border_statistics_and_predict_standardises(fitted):
+    from fastmsfd import anomaly_map as ref
+
+    assert fitted.config["map_norm"] == "border" and "map_norm=border" in repr(fitted)
+    assert not torch.equal(fitted.map_std, torch.ones_like(fitted.map_std))
+    # the statistics are those of the raw heatmaps of the images they were measured on
+    x = _images(6, seed=21, size=SIZE)
+    with torch.no_grad():
+        raw = fitted.maps_from_features(*fitted.features(fitted._prepare(x)), standardize=False)[0]
+    saved = fitted.map_mean.clone(), fitted.map_std.clone()
+    try:
+        fitted._set_map_statistics(x)
+        mean, std = ref.border_statistics(raw)
+        torch.testing.assert_close(fitted.map_mean, mean, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(fitted.map_std, std, rtol=1e-5, atol=1e-6)
+    finally:
+        fitted.map_mean.copy_(saved[0])
+        fitted.map_std.copy_(saved[1])
+        fitted.reset_runtime()
+    # predict: (raw - mean) / std per pixel, then the top-k score of that
+    y = _images(3, seed=22, size=SIZE)
+    with torch.no_grad():
+        raw = fitted.maps_from_features(*fitted.features(fitted._prepare(y)), standardize=False)[0]
+    pred = fitted.predict(y)
+    want = (raw - fitted.map_mean) / fitted.map_std
+    torch.testing.assert_close(pred.heatmaps, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+    torch.testing.assert_close(pred.scores, ref.image_score(want, fitted.config["score_topk"]), rtol=1e-4,
+                               atol=1e-4)
+
+
+def test_map_norm_none_scores_the_raw_heatmap(fitted):
+    det = Detector(image_size=SIZE, map_norm=None, runtime="torch")
+    det.load_state_dict(fitted.state_dict())  # fitted's border statistics are loaded too, and ignored
+    det.fitted = True
+    x = _images(3, seed=23, size=SIZE)
+    with torch.no_grad():
+        raw, raw_score = det.maps_from_features(*det.features(det._prepare(x)), standardize=False)
+    pred = det.predict(x)
+    assert torch.equal(pred.heatmaps, raw) and torch.equal(pred.scores, raw_score)
+    with pytest.raises(ValueError, match="map_norm"):
+        Detector(image_size=SIZE, map_norm="ring")
+
+
+def test_checkpoint_from_before_map_norm_loads_as_raw_heatmap(fitted, tmp_path):
+    path = tmp_path / "old.fastmsfd"
+    fitted.save(path)
+    tensors, config = load_checkpoint(path)
+    del config["map_norm"], tensors["map_mean"], tensors["map_std"]
+    save_checkpoint(path, tensors, config)
+    old = Detector.load(path, runtime="torch")
+    assert old.config["map_norm"] is None
+    x = _images(2, seed=24, size=SIZE)
+    with torch.no_grad():
+        raw = fitted.maps_from_features(*fitted.features(fitted._prepare(x)), standardize=False)[0]
+    torch.testing.assert_close(old.predict(x).heatmaps, raw, rtol=1e-5, atol=1e-6)
+    # a file that says it standardises but lacks the statistics is refused by name
+    fitted.save(path)
+    tensors, config = load_checkpoint(path)
+    del tensors["map_std"]
+    save_checkpoint(path, tensors, config)
+    with pytest.raises(CheckpointError, match="map_std"):
+        Detector.load(path)

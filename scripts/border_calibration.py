@@ -1,0 +1,46 @@
+"""Border calibration on an already fitted detector: the raw heatmap against the heatmap standardised by the
+normal heatmaps' statistics at each distance from the image border (Detector(map_norm="border"), the default
+since 2026-11-29). Evidence for that default on models fitted before it existed (docs/defaults.md).
+
+    .venv/bin/python scripts/border_calibration.py MODEL.fastmsfd CATEGORY_FOLDER
+
+The statistics come from the category's train/good images (at most 256, evenly spaced), as fit() measures them
+(fit uses its training split only; this script cannot know which images a loaded model held out). Test labels
+only *report* the two rows.
+"""
+from __future__ import annotations
+
+import argparse
+import warnings
+
+import torch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model")
+    ap.add_argument("category")
+    args = ap.parse_args()
+    warnings.filterwarnings("ignore")
+    from fastmsfd import Detector
+    from fastmsfd import anomaly_map as ref
+    from fastmsfd.data import load_resized, training_paths
+    from fastmsfd.evaluate import evaluate_category
+
+    det = Detector.load(args.model, runtime="torch")
+    det.config["map_norm"] = None
+    raw = evaluate_category(det, args.category).metrics
+    det.config["map_norm"] = "border"
+    det._set_map_statistics(load_resized(training_paths(args.category), det.image_size, False))
+    std = evaluate_category(det, args.category).metrics
+    ring = ref.border_distance(det.image_size, det.image_size)
+    edge, centre = float(det.map_std[ring == 0].mean()), float(det.map_std[ring == int(ring.max())].mean())
+    print(f"{args.category} ({args.model}): normal heatmap std {edge:.3f} on the edge, {centre:.3f} in the centre")
+    print("| heatmap | image AUROC | pixel AUROC | AUPRO |\n|---|---|---|---|")
+    for name, m in (("raw", raw), ("border-standardised", std)):
+        print(f"| {name} | {m['image_auroc']:.4f} | {m['pixel_auroc']:.4f} | {m['aupro']:.4f} |")
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    main()
