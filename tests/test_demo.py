@@ -41,13 +41,15 @@ def test_defect_masks_cover_exactly_the_changed_pixels(kind):
 
 
 def test_default_demo_quality(tmp_path):
-    """The README's main job with its defaults (about 3.5 minutes on 2 cores, fit included)."""
+    """The README's main job with its defaults (about 3.5 minutes on 2 cores, fit included): the foundation
+    issue's bar, mean image AUROC >= 0.95. Over training seeds 0-2 the mean is 0.960-0.965 (docs/defaults.md),
+    so a different CPU's rounding cannot plausibly take it under the bar."""
     assert main(["-q", "demo", "--out", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     mean = summary["mean"]
     by_cat = {r["category"]: r for r in summary["categories"]}
-    assert mean["image_auroc"] >= 0.90, summary
-    assert mean["pixel_auroc"] >= 0.92, summary
+    assert mean["image_auroc"] >= 0.95, summary
+    assert mean["pixel_auroc"] >= 0.95, summary
     assert by_cat["brick"]["image_auroc"] >= 0.95, summary
     assert len(list((tmp_path / "brick" / "overlays").glob("*.png"))) > 0
     assert (tmp_path / "brick" / "model.fastmsfd").is_file() and (tmp_path / "summary.md").is_file()
