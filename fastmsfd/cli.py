@@ -41,6 +41,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     _add_inference_args(p)
 
 
+def _choice_or_none(value: str) -> str | None:
+    """A "none" choice on the command line is None in the API."""
+    return None if value == "none" else value
+
+
 def _add_map_norm_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--map-norm", default="border", choices=["border", "none"],
                    help="border (default): standardise each heatmap pixel by normal heatmaps at the same distance "
@@ -60,7 +65,7 @@ def _build_detector(args):
     layers = args.layers.split(",") if args.layers else None
     return Detector(backbone=args.backbone, layers=layers, image_size=args.image_size, weights=args.weights,
                     runtime=args.runtime, precision=args.precision or "float32",
-                    map_norm=None if args.map_norm == "none" else args.map_norm)
+                    map_norm=_choice_or_none(args.map_norm))
 
 
 def _load_detector(path, args):
@@ -124,9 +129,9 @@ def cmd_demo(args) -> int:
     for cat in cats:
         t0 = time.perf_counter()
         det = Detector(image_size=args.image_size, score_topk=args.score_topk,
-                       map_norm=None if args.map_norm == "none" else args.map_norm)
+                       map_norm=_choice_or_none(args.map_norm))
         det.fit(cat, epochs=args.epochs, lr=args.lr, seed=args.seed, progress=not args.quiet,
-                augment=None if args.augment == "none" else args.augment)
+                augment=_choice_or_none(args.augment))
         fit_s = time.perf_counter() - t0
         det.save(out / cat.name / "model.fastmsfd")
         res = evaluate_category(det, cat)

@@ -327,13 +327,17 @@ class Detector(nn.Module):
                            fit_seconds=round(self.history.seconds, 2))
         return self
 
+    def _batched_features(self, images_u8: torch.Tensor, batch_size: int = 16):
+        """Teacher and student features of uint8 images at image_size, one batch at a time."""
+        for i in range(0, len(images_u8), batch_size):
+            yield self.features(self._prepare(images_u8[i:i + batch_size]))
+
     @torch.no_grad()
     def _set_layer_weights(self, images_u8: torch.Tensor) -> None:
         """w_l = 1 / (99th percentile of layer l's cell distances on held-out normal images): each layer's
         normal range maps to about 1, so no single scale dominates the sum."""
         per_layer: list[list[torch.Tensor]] = [[] for _ in self.layers]
-        for i in range(0, len(images_u8), 16):
-            t, s = self.features(self._prepare(images_u8[i:i + 16]))
+        for t, s in self._batched_features(images_u8):
             for l, (tl, sl) in enumerate(zip(t, s)):
                 per_layer[l].append(ref.combined_distance(tl, sl, self.config["alpha"], self.config["beta"]).flatten())
         q = [float(np.quantile(torch.cat(d).float().cpu().numpy(), LAYER_WEIGHT_QUANTILE)) for d in per_layer]
@@ -346,10 +350,8 @@ class Detector(nn.Module):
         8 held-out crops were too noisy). The student fits its training images more closely, but a shift or scale
         shared by all pixels changes no ranking, and the threshold is calibrated afterwards on held-out images."""
         step = max(1, math.ceil(len(images_u8) / MAP_NORM_MAX_IMAGES))
-        images_u8 = images_u8[::step]
-        heat = torch.cat([self.maps_from_features(*self.features(self._prepare(images_u8[i:i + 16])),
-                                                  standardize=False)[0].float()
-                          for i in range(0, len(images_u8), 16)])
+        heat = torch.cat([self.maps_from_features(t, s, standardize=False)[0]
+                          for t, s in self._batched_features(images_u8[::step])])
         mean, std = ref.border_statistics(heat)
         self.map_mean.copy_(mean)
         self.map_std.copy_(std)

@@ -53,7 +53,7 @@ class InferenceGraph(nn.Module):
         self.weights = [float(w) for w in detector.layer_weights.tolist()]
         self.alpha, self.beta = float(cfg["alpha"]), float(cfg["beta"])
         self.topk = cfg["score_topk"]
-        self.map_norm = bool(cfg.get("map_norm"))
+        self.map_norm = bool(cfg["map_norm"])
         if self.map_norm:
             self.register_buffer("map_mean", detector.map_mean.detach().clone())
             self.register_buffer("map_std", detector.map_std.detach().clone())
