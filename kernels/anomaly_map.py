@@ -15,11 +15,15 @@ import torch
 import triton
 import triton.language as tl
 
+from fastmsfd.anomaly_map import AGGREGATIONS  # MODE is an index into it
+
 from . import distance as _distance
 
 MAX_LAYERS = 4
-# Heatmap tile per program; the CPU interpreter (per-program cost) gets larger tiles. Same kernel code.
-BLOCK_H = BLOCK_W = 64 if _distance.INTERPRETING else 32
+# Heatmap tile per program; the CPU interpreter (per-program cost) gets larger tiles. Same kernel code;
+# scripts/compile_triton.py compiles both for the GPU.
+GPU_BLOCK, INTERPRETER_BLOCK = 32, 64
+BLOCK_H = BLOCK_W = INTERPRETER_BLOCK if _distance.INTERPRETING else GPU_BLOCK
 BLOCK_K = 16  # rows of d_l per step of the first product (tl.dot needs K >= 16)
 
 
@@ -56,7 +60,7 @@ def _upsample_aggregate_kernel(heat_ptr, tile_max_ptr, H, W,
                                NUM_LAYERS: tl.constexpr, MODE: tl.constexpr,
                                WP0: tl.constexpr, WP1: tl.constexpr, WP2: tl.constexpr, WP3: tl.constexpr,
                                BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_K: tl.constexpr):
-    b = tl.program_id(0)
+    b = tl.program_id(0).to(tl.int64)  # int64 offsets: B*H*W may pass 2**31 at large batches
     ty = tl.program_id(1)
     tx = tl.program_id(2)
     ys = ty * BLOCK_H + tl.arange(0, BLOCK_H)
@@ -90,7 +94,7 @@ def fused_anomaly_map(teacher: list[torch.Tensor], student: list[torch.Tensor], 
     wps = []
     for t, s, gr, gc, wgt in zip(teacher, student, g_rows, g_cols, weights):
         d = torch.empty((B, t.shape[2], t.shape[3]), device=device, dtype=torch.float32)
-        _distance.launch_distance(t, s, alpha, beta, d)
+        _distance.launch_distance(t, s, alpha, beta, d)  # launches under the tensors' device guard
         args += [d, gr.to(device=device, dtype=torch.float32).contiguous(),
                  gc.to(device=device, dtype=torch.float32).contiguous(), t.shape[2], t.shape[3], float(wgt)]
         wps.append(max(16, triton.next_power_of_2(t.shape[3])))
@@ -100,9 +104,10 @@ def fused_anomaly_map(teacher: list[torch.Tensor], student: list[torch.Tensor], 
     heat = torch.empty((B, H, W), device=device, dtype=torch.float32)
     grid = (B, triton.cdiv(H, BLOCK_H), triton.cdiv(W, BLOCK_W))
     tile_max = torch.empty(grid, device=device, dtype=torch.float32)
-    torch.library.wrap_triton(_upsample_aggregate_kernel)[grid](
-        heat, tile_max, H, W, *args, NUM_LAYERS=L, MODE=mode, WP0=wps[0], WP1=wps[1], WP2=wps[2], WP3=wps[3],
-        BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W, BLOCK_K=BLOCK_K)
+    with _distance.device_guard(heat):
+        torch.library.wrap_triton(_upsample_aggregate_kernel)[grid](
+            heat, tile_max, H, W, *args, NUM_LAYERS=L, MODE=mode, WP0=wps[0], WP1=wps[1], WP2=wps[2], WP3=wps[3],
+            BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W, BLOCK_K=BLOCK_K)
     if topk_count > 0:
         score = heat.reshape(B, H * W).topk(min(topk_count, H * W), dim=1).values.mean(dim=1)
     else:
@@ -143,3 +148,24 @@ def _(teacher, student, g_rows, g_cols, weights, alpha, beta, mode, topk_count):
     B = teacher[0].shape[0]
     heat = teacher[0].new_empty((B, g_rows[0].shape[0], g_cols[0].shape[0]), dtype=torch.float32)
     return heat, heat.new_empty((B,))
+
+
+def aot_specs():
+    """Every specialisation the launcher above can use, for scripts/compile_triton.py: yields (kernel, label,
+    signature, constexprs). The features' dtype never reaches this kernel (it reads the float32 distance maps).
+    All layer counts and aggregation modes at 256 px (WP, a layer's padded width: 64/32/16); the other block
+    configuration and 512 px widths for the default sum of three layers."""
+    layer = dict(d="*fp32", gr="*fp32", gc="*fp32", h="i32", w="i32", k="fp32")
+    configs = [(GPU_BLOCK, n, mode, (64, 32, 16, 16)) for n in range(1, MAX_LAYERS + 1) for mode in range(4)]
+    configs += [(INTERPRETER_BLOCK, 3, 0, (64, 32, 16, 16)), (GPU_BLOCK, 3, 0, (128, 64, 32, 16))]
+    for block, n_layers, mode, widths in configs:
+        wps = widths[:n_layers] + (widths[0],) * (MAX_LAYERS - n_layers)  # unused slots repeat layer 0
+        sig = dict(heat_ptr="*fp32", tile_max_ptr="*fp32", H="i32", W="i32")
+        for i in range(MAX_LAYERS):
+            sig.update({f"{k}{i}": v for k, v in layer.items()})
+        consts = dict(NUM_LAYERS=n_layers, MODE=mode, WP0=wps[0], WP1=wps[1], WP2=wps[2], WP3=wps[3],
+                      BLOCK_H=block, BLOCK_W=block, BLOCK_K=BLOCK_K)
+        sig.update({k: "constexpr" for k in consts})
+        label = f"fp32 NUM_LAYERS={n_layers} MODE={AGGREGATIONS[mode]} WP={'/'.join(map(str, wps[:n_layers]))} " \
+                f"BLOCK={block}"
+        yield _upsample_aggregate_kernel, label, sig, consts

@@ -8,6 +8,7 @@ student may differ) are read in place, without a copy.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -16,18 +17,22 @@ import triton.language as tl
 
 from fastmsfd.distance_autograd import register_distance_autograd
 
-EPS = 1e-6
+# A global read inside @triton.jit code must be a tl.constexpr: a plain float compiles only in the interpreter.
+EPS = tl.constexpr(1e-6)
 INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
-# The CPU interpreter costs ~15 ms a program whatever its size: it gets fewer, larger blocks. Same kernel code.
-BLOCK_CELLS = 256 if INTERPRETING else 128
+# The CPU interpreter's cost is per program, whatever its size: it gets fewer, larger blocks. Same kernel code;
+# scripts/compile_triton.py compiles both block configurations for the GPU.
+GPU_BLOCK_CELLS, INTERPRETER_BLOCK_CELLS = 128, 256
+BLOCK_CELLS = INTERPRETER_BLOCK_CELLS if INTERPRETING else GPU_BLOCK_CELLS
 BLOCK_C = 32
 
 
 @triton.jit
 def _distance_fwd_kernel(t_ptr, s_ptr, out_ptr, stats_ptr, C, HW, w, tb, tc, ty, tx, sb, sc, sy, sx, alpha, beta,
                          WRITE_STATS: tl.constexpr, BLOCK_CELLS: tl.constexpr, BLOCK_C: tl.constexpr):
-    b = tl.program_id(0)
-    cells = tl.program_id(1) * BLOCK_CELLS + tl.arange(0, BLOCK_CELLS)
+    # int64 offsets: B*C*h*w (or a stride product) passes 2**31 for wide layers at large batches
+    b = tl.program_id(0).to(tl.int64)
+    cells = tl.program_id(1).to(tl.int64) * BLOCK_CELLS + tl.arange(0, BLOCK_CELLS)
     cell_ok = cells < HW
     y, x = cells // w, cells % w
     t_off = b * tb + y * ty + x * tx
@@ -37,7 +42,7 @@ def _distance_fwd_kernel(t_ptr, s_ptr, out_ptr, stats_ptr, C, HW, w, tb, tc, ty,
     ss = tl.zeros([BLOCK_CELLS], dtype=tl.float32)
     ts = tl.zeros([BLOCK_CELLS], dtype=tl.float32)
     for c0 in range(0, C, BLOCK_C):
-        ch = c0 + tl.arange(0, BLOCK_C)
+        ch = c0 + tl.arange(0, BLOCK_C).to(tl.int64)
         mask = (ch[:, None] < C) & cell_ok[None, :]
         a = tl.load(t_ptr + ch[:, None] * tc + t_off[None, :], mask=mask, other=0.0).to(tl.float32)
         v = tl.load(s_ptr + ch[:, None] * sc + s_off[None, :], mask=mask, other=0.0).to(tl.float32)
@@ -63,8 +68,8 @@ def _distance_fwd_kernel(t_ptr, s_ptr, out_ptr, stats_ptr, C, HW, w, tb, tc, ty,
 def _distance_bwd_kernel(grad_ptr, t_ptr, s_ptr, stats_ptr, gs_ptr, C, HW, w, tb, tc, ty, tx, sb, sc, sy, sx,
                          gb, gc, gy, gx,
                          two_alpha_c, beta, BLOCK_CELLS: tl.constexpr, BLOCK_C: tl.constexpr):
-    b = tl.program_id(0)
-    cells = tl.program_id(1) * BLOCK_CELLS + tl.arange(0, BLOCK_CELLS)
+    b = tl.program_id(0).to(tl.int64)
+    cells = tl.program_id(1).to(tl.int64) * BLOCK_CELLS + tl.arange(0, BLOCK_CELLS)
     cell_ok = cells < HW
     idx = b * HW + cells
     g = tl.load(grad_ptr + idx, mask=cell_ok, other=0.0)
@@ -81,12 +86,18 @@ def _distance_bwd_kernel(grad_ptr, t_ptr, s_ptr, stats_ptr, gs_ptr, C, HW, w, tb
     s_off = b * sb + y * sy + x * sx
     g_off = b * gb + y * gy + x * gx
     for c0 in range(0, C, BLOCK_C):
-        ch = c0 + tl.arange(0, BLOCK_C)
+        ch = c0 + tl.arange(0, BLOCK_C).to(tl.int64)
         mask = (ch[:, None] < C) & cell_ok[None, :]
         a = tl.load(t_ptr + ch[:, None] * tc + t_off[None, :], mask=mask, other=0.0).to(tl.float32)
         v = tl.load(s_ptr + ch[:, None] * sc + s_off[None, :], mask=mask, other=0.0).to(tl.float32)
         grad = k_diff[None, :] * (v - a) - k_t[None, :] * a + k_s[None, :] * v
         tl.store(gs_ptr + ch[:, None] * gc + g_off[None, :], grad.to(gs_ptr.dtype.element_ty), mask=mask)
+
+
+def device_guard(x: torch.Tensor):
+    """Make x's GPU the current device for a launch: Triton launches on the current device, so tensors on
+    cuda:1 while cuda:0 is current would otherwise be read from the wrong GPU."""
+    return torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext()
 
 
 def _grid(B: int, HW: int):
@@ -97,9 +108,10 @@ def launch_distance(t: torch.Tensor, s: torch.Tensor, alpha: float, beta: float,
                     stats: torch.Tensor | None = None) -> None:
     """Write d (B, h, w) float32 into `out` (and the backward statistics into `stats` when given)."""
     B, C, h, w = t.shape
-    torch.library.wrap_triton(_distance_fwd_kernel)[_grid(B, h * w)](
-        t, s, out, out if stats is None else stats, C, h * w, w, *t.stride(), *s.stride(), float(alpha),
-        float(beta), WRITE_STATS=stats is not None, BLOCK_CELLS=BLOCK_CELLS, BLOCK_C=BLOCK_C)
+    with device_guard(t):
+        torch.library.wrap_triton(_distance_fwd_kernel)[_grid(B, h * w)](
+            t, s, out, out if stats is None else stats, C, h * w, w, *t.stride(), *s.stride(), float(alpha),
+            float(beta), WRITE_STATS=stats is not None, BLOCK_CELLS=BLOCK_CELLS, BLOCK_C=BLOCK_C)
 
 
 @torch.library.triton_op("fastmsfd_triton::distance_forward", mutates_args={})
@@ -130,9 +142,10 @@ def distance_backward(grad_d: torch.Tensor, t: torch.Tensor, s: torch.Tensor, st
     grad_d = grad_d.to(torch.float32).contiguous()
     stats = stats.contiguous()
     grad_s = torch.empty_like(s)  # keeps s's layout (e.g. channels_last) when it is dense
-    torch.library.wrap_triton(_distance_bwd_kernel)[_grid(B, h * w)](
-        grad_d, t, s, stats, grad_s, C, h * w, w, *t.stride(), *s.stride(), *grad_s.stride(), 2.0 * float(alpha) / C,
-        float(beta), BLOCK_CELLS=BLOCK_CELLS, BLOCK_C=BLOCK_C)
+    with device_guard(t):
+        torch.library.wrap_triton(_distance_bwd_kernel)[_grid(B, h * w)](
+            grad_d, t, s, stats, grad_s, C, h * w, w, *t.stride(), *s.stride(), *grad_s.stride(),
+            2.0 * float(alpha) / C, float(beta), BLOCK_CELLS=BLOCK_CELLS, BLOCK_C=BLOCK_C)
     return grad_s
 
 
@@ -168,3 +181,24 @@ def _(t, s, alpha, beta):
 @distance_backward.register_fake
 def _(grad_d, t, s, stats, alpha, beta):
     return torch.empty_like(s)
+
+
+def aot_specs():
+    """Every specialisation the launchers above can use, for scripts/compile_triton.py (which compiles each for
+    the GPU ahead of time): yields (kernel, label, signature, constexprs)."""
+    dtypes = {"fp32": "*fp32", "fp16": "*fp16", "bf16": "*bf16"}
+    for block in (GPU_BLOCK_CELLS, INTERPRETER_BLOCK_CELLS):
+        for name, ptr in dtypes.items():
+            # Triton passes an int argument >= 2**31 (a large stride) as i64: that variant at the GPU block size
+            for index in ("i32", "i64") if block == GPU_BLOCK_CELLS else ("i32",):
+                ints = {k: index for k in ("C", "HW", "w", "tb", "tc", "ty", "tx", "sb", "sc", "sy", "sx")}
+                for stats in (True, False):
+                    sig = dict(t_ptr=ptr, s_ptr=ptr, out_ptr="*fp32", stats_ptr="*fp32", **ints, alpha="fp32",
+                               beta="fp32", WRITE_STATS="constexpr", BLOCK_CELLS="constexpr", BLOCK_C="constexpr")
+                    yield (_distance_fwd_kernel, f"{name} {index} WRITE_STATS={stats} BLOCK_CELLS={block}", sig,
+                           dict(WRITE_STATS=stats, BLOCK_CELLS=block, BLOCK_C=BLOCK_C))
+                sig = dict(grad_ptr="*fp32", t_ptr=ptr, s_ptr=ptr, stats_ptr="*fp32", gs_ptr=ptr, **ints,
+                           gb=index, gc=index, gy=index, gx=index, two_alpha_c="fp32", beta="fp32",
+                           BLOCK_CELLS="constexpr", BLOCK_C="constexpr")
+                yield (_distance_bwd_kernel, f"{name} {index} BLOCK_CELLS={block}", sig,
+                       dict(BLOCK_CELLS=block, BLOCK_C=BLOCK_C))
