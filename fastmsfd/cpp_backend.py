@@ -9,6 +9,9 @@ from . import anomaly_map as ref
 from .distance_autograd import register_distance_autograd
 
 _ops = torch.ops.fastmsfd
+# Read once, at import: ops.py's dispatcher runs inside torch.compile'd code, where Dynamo cannot call pybind
+# functions (fullgraph=True fails on them); a module constant it can.
+HAS_CUDA = bool(_C.has_cuda())
 
 
 @torch.library.register_fake("fastmsfd::distance_map")

@@ -20,10 +20,27 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def rank_device(device: torch.device) -> torch.device:
+    """The device this process trains on. Under torchrun on GPUs every rank takes its own: cuda:LOCAL_RANK (one
+    process per GPU of the node, torchrun's convention), whatever index the caller gave; otherwise `device`."""
+    device = torch.device(device)
+    if device.type != "cuda" or not launched_by_torchrun():
+        return device
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def ddp_kwargs(device: torch.device) -> dict:
+    """DistributedDataParallel arguments for a module on `device`: one GPU per process on CUDA."""
+    return {"device_ids": [device.index], "output_device": device.index} if device.type == "cuda" else {}
+
+
 def init_from_env(device: torch.device) -> tuple[int, int]:
-    """(rank, world size); initialises the default process group from torchrun's environment if needed."""
+    """(rank, world size); initialises the default process group from torchrun's environment if needed. On CUDA
+    the rank's GPU (rank_device) becomes the current device first, so NCCL binds each rank to its own GPU."""
     if not launched_by_torchrun():
         return 0, 1
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size()
@@ -33,12 +50,18 @@ def is_main_process() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
+def local_moments(x: torch.Tensor) -> torch.Tensor:
+    """[sum over (B, h, w) per channel, sum of squares, count] in float64 on x's device (NCCL reduces only
+    tensors on the process's GPU)."""
+    dims = (0, 2, 3)
+    count = torch.full((1,), x.numel() / x.shape[1], dtype=torch.float64, device=x.device)
+    return torch.cat([x.double().sum(dims), x.double().pow(2).sum(dims), count])
+
+
 class _SyncBN(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, eps, momentum, training):
-        dims = (0, 2, 3)
-        count = torch.tensor([x.numel() / x.shape[1]], dtype=torch.float64)
-        stats = torch.cat([x.double().sum(dims), x.double().pow(2).sum(dims), count])
+        stats = local_moments(x)
         dist.all_reduce(stats)
         C = x.shape[1]
         n = stats[-1]

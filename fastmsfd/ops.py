@@ -45,9 +45,9 @@ def _cuda_reason(device: torch.device) -> str | None:
     why = _load_ext()
     if why:
         return why
-    from . import _C
+    from . import cpp_backend
 
-    if not _C.has_cuda():
+    if not cpp_backend.HAS_CUDA:
         return "fastmsfd._C was built without CUDA kernels (needs a CUDA build of torch and nvcc at install)"
     if device.type != "cuda":
         return "cuda runs on CUDA tensors only"

@@ -1,37 +1,54 @@
 #!/usr/bin/env bash
-# The prepared GPU check (issues: Triton kernels, C++/CUDA kernels, fast inference). On a machine with an NVIDIA
-# GPU and a CUDA build of torch (+ triton), in one go:
-#   1. build fastmsfd._C with the CUDA kernels (FORCE_CUDA=1) in place;
-#   2. run the backend-vs-reference tests on CUDA (Triton compiled for the GPU, not interpreted; full opcheck and
-#      Inductor) and the detector/ops tests;
-#   3. the kernel benchmarks (pytest-benchmark JSON) and the bandwidth table (achieved vs device copy bandwidth,
-#      time vs the reference);
-#   4. `fastmsfd bench` end to end where the command exists.
+# The prepared GPU check, one command on a machine with an NVIDIA GPU, a CUDA build of torch and triton
+# (run as `bash scripts/gpu_check.sh [OUT_DIR]`; about 5 minutes on one GPU, each step under its own timeout):
+#   1. install fastmsfd the way users do (pip install ., no editable install, CUDA kernels built) into a venv
+#      that sees the machine's torch, and run everything below from outside the checkout, so that the installed
+#      package (fastmsfd._C with CUDA, fastmsfd.kernels) is what gets tested;
+#   2. before any test, assert that backend_status('cuda') reports both cuda and triton available;
+#   3. tests/test_gpu.py (the Detector on CUDA against the CPU reference with the same weights, fullgraph
+#      compile, offsets past 2**31, a second GPU) and the backend-vs-reference tests on CUDA;
+#   4. kernel benchmarks and the end-to-end bench (fastmsfd bench) on the GPU.
 # Results go to $1 (default: $OUT if set, else docs/gpu/); each step logs to its own file and a failing step does
 # not stop the others. Exit status: non-zero if any step failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-dest=${1:-${OUT:-docs/gpu}}
-mkdir -p "$dest"
+repo=$PWD
+dest=$(mkdir -p "${1:-${OUT:-docs/gpu}}" && cd "${1:-${OUT:-docs/gpu}}" && pwd)
 PY=${PYTHON:-python3}
-export TRITON_INTERPRET=0 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+venv=${GPU_CHECK_VENV:-/tmp/fastmsfd-gpu-venv}
+work=$(mktemp -d)
+export TRITON_INTERPRET=0 PYTHONUNBUFFERED=1
 status=0
-step() {  # step NAME COMMAND...: run, log to $dest/NAME.txt, remember failures
-  local name=$1; shift
+step() {  # step NAME SECONDS COMMAND...: run with a timeout, log to $dest/NAME.txt, remember failures
+  local name=$1 limit=$2; shift 2
   echo "== $name: $*"
-  if "$@" > "$dest/$name.txt" 2>&1; then echo "   ok"; else echo "   FAILED (rc $?), see $dest/$name.txt"; status=1; fi
+  local start=$SECONDS
+  if timeout "$limit" "$@" > "$dest/$name.txt" 2>&1; then echo "   ok ($((SECONDS - start)) s)"
+  else echo "   FAILED (rc $?, $((SECONDS - start)) s), see $dest/$name.txt"; status=1; fi
   tail -n 3 "$dest/$name.txt"
 }
-step env bash -c "nvidia-smi; $PY -c 'import torch, sys; print(sys.version); print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name(0))'; $PY -c 'import triton; print(\"triton\", triton.__version__)'"
-step build env FORCE_CUDA=1 "$PY" setup.py build_ext --inplace
-step backends "$PY" -c "from fastmsfd import ops; print(ops.backend_status('cuda'))"
-step tests "$PY" -m pytest -q -p no:cacheprovider tests/test_backends.py tests/test_ops.py tests/test_detector.py
-step bench_ops "$PY" -m pytest -q -p no:cacheprovider benchmarks/test_bench_ops.py --benchmark-group-by=param:case \
-  --benchmark-json "$dest/bench_ops.json"
-step bandwidth "$PY" scripts/kernel_bandwidth.py --device cuda --json "$dest/bandwidth.json"
-if "$PY" -m fastmsfd bench --help > /dev/null 2>&1; then
-  step bench_e2e "$PY" -m fastmsfd bench --device cuda --runtime torch --precision float32 bfloat16 \
-    --compile reduce-overhead --batch 64 --json "$dest/bench_e2e.json"
-fi
+step env 60 bash -c "nvidia-smi; $PY -c 'import torch, sys; print(sys.version); print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name(0), torch.cuda.device_count(), \"GPU(s)\")'; $PY -c 'import triton; print(\"triton\", triton.__version__)'"
+# --system-site-packages: the machine's CUDA torch and triton; --no-build-isolation: build against that torch.
+step install 600 bash -c "$PY -m venv --system-site-packages $venv && $venv/bin/python -m pip install -q \
+  --no-build-isolation --no-deps --no-index $repo"
+VPY=$venv/bin/python
+cp -r "$repo/tests" "$work/tests"  # tests import fastmsfd: from outside the checkout, that is the installed one
+cd "$work"
+step backends 120 "$VPY" -c "
+import fastmsfd, os
+from fastmsfd import ops
+assert not fastmsfd.__file__.startswith('$repo/'), f'testing the checkout, not the installed package: {fastmsfd.__file__}'
+status = ops.backend_status('cuda')
+print(fastmsfd.__file__, status)
+assert status['cuda'] is None and status['triton'] is None, status"
+if [ $status -ne 0 ]; then echo "the CUDA backends are not available: tests skipped (exit 1)"; exit 1; fi
+step gpu_tests 300 "$VPY" -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_ops.py -rs
+step backend_tests 300 "$VPY" -m pytest -q -p no:cacheprovider tests/test_backends.py -x
+step bench_ops 240 "$VPY" -m pytest -q -p no:cacheprovider "$repo/benchmarks/test_bench_ops.py" \
+  --benchmark-group-by=param:case --benchmark-json "$dest/bench_ops.json"
+step bandwidth 120 "$VPY" "$repo/scripts/kernel_bandwidth.py" --device cuda --json "$dest/bandwidth.json"
+step bench_e2e 240 "$venv/bin/fastmsfd" bench --device cuda --runtime torch --precision float32 bfloat16 \
+  --compile reduce-overhead --batch 64 --reps 5 --json "$dest/bench_e2e.json"
+rm -rf "$work"
 echo "results in $dest (exit $status)"
 exit $status
