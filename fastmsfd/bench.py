@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from . import anomaly_map as ref
+from .runtimes import RUNTIME_PRECISIONS, cpu_info
 from .backbones import BACKBONES, build_backbone, default_layers, find_weights_file, normalization
 
 
@@ -71,12 +72,31 @@ def _median_seconds(fn, reps: int, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
-def _jpegs(folder: Path, n: int, size: int, seed: int = 0) -> list[Path]:
+def _paired_median_seconds(fns, reps: int, warmup: int = 1) -> list[float]:
+    """Median seconds of each of fns, run in alternation (a, b, a, b, ...) so that a slow spell of a shared
+    machine falls on both sides of a ratio rather than on one."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    times = [[] for _ in fns]
+    for _ in range(reps):
+        for fn, out in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
+
+
+def _arrays(n: int, size: int, seed: int = 0) -> list[Image.Image]:
+    """n smooth random RGB images of size x size."""
     rng = np.random.default_rng(seed)
+    return [Image.fromarray((rng.random((8, 8, 3)) * 255).astype(np.uint8)).resize((size, size), Image.BICUBIC)
+            for _ in range(n)]
+
+
+def _jpegs(folder: Path, n: int, size: int, seed: int = 0) -> list[Path]:
     paths = []
-    for i in range(n):
-        low = rng.random((8, 8, 3))
-        img = Image.fromarray((low * 255).astype(np.uint8)).resize((size, size), Image.BICUBIC)
+    for i, img in enumerate(_arrays(n, size, seed)):
         paths.append(folder / f"{i:04d}.jpg")
         img.save(paths[-1], quality=90)
     return paths
@@ -111,6 +131,22 @@ def run_bench(backbone: str = "efficientnet_lite0", image_size: int = 256, batch
             progress(f"  {name:8s} {runtime:12s} {precision:9s} batch-1 {row['latency_ms']:8.2f} ms   "
                      f"batch-{batch} {row['throughput']:7.1f} img/s   with decode {row['throughput_with_decode']:7.1f}")
 
+        arrays = [np.asarray(im) for im in _arrays(batch * 4, image_size + 44)]  # need a resize, like a camera's
+
+        def measure_predict(det, runtime, precision, graph_row):
+            """predict() on in-memory uint8 arrays (decoded, checked, resized, inferred) against the graph alone
+            fed ready uint8 batches: the share of the graph's speed that users get."""
+            graph, full = _paired_median_seconds([lambda: ([det._infer(u8) for _ in range(4)], sync()),
+                                                  lambda: (det.predict(arrays, batch_size=batch), sync())],
+                                                 max(5, reps))
+            row = dict(pipeline="predict(arrays)", runtime=runtime, precision=precision, latency_ms=None,
+                       throughput=round(len(arrays) / full, 1), throughput_with_decode=None,
+                       graph_throughput=round(len(arrays) / graph, 1), of_graph=round(graph / full, 3))
+            rows.append(row)
+            progress(f"  {'predict':8s} {runtime:12s} {precision:9s} {image_size + 44}px uint8 arrays "
+                     f"{row['throughput']:7.1f} img/s   graph alone {row['graph_throughput']:7.1f}   "
+                     f"ratio {row['of_graph']:.3f}")
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             naive = NaivePipeline(backbone, image_size).to(device)
@@ -123,7 +159,7 @@ def run_bench(backbone: str = "efficientnet_lite0", image_size: int = 256, batch
                 progress(f"  skipped {runtime}: {status[runtime]}")
                 continue
             for precision in precisions:
-                if runtime != "torch" and precision not in ("float32", "bfloat16"):
+                if precision not in RUNTIME_PRECISIONS[runtime]:
                     continue
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
@@ -135,21 +171,32 @@ def run_bench(backbone: str = "efficientnet_lite0", image_size: int = 256, batch
                     label = runtime + ("+compile" if compile and runtime == "torch" else "")
                     measure("fastmsfd", label, precision, lambda: det._infer(u8[:1]), lambda: det._infer(u8),
                             lambda: det.predict(files, batch_size=batch))
+                    measure_predict(det, label, precision, rows[-1])
     base = rows[0]
     for r in rows:
+        if r["pipeline"].startswith("predict"):
+            continue
         r["speedup_throughput"] = round(r["throughput"] / base["throughput"], 2)
         r["speedup_latency"] = round(base["latency_ms"] / r["latency_ms"], 2)
         r["speedup_with_decode"] = round(r["throughput_with_decode"] / base["throughput_with_decode"], 2)
+    cpu = cpu_info()
     return dict(backbone=backbone, image_size=image_size, batch=batch, threads=torch.get_num_threads(), device=device,
-                torch=torch.__version__, weights="random" if weights else "pretrained", rows=rows)
+                torch=torch.__version__, weights="random" if weights else "pretrained", cpu=cpu.model,
+                isa=sorted(cpu.flags), native_bf16=cpu.native_bf16, rows=rows)
 
 
 def markdown(result: dict) -> str:
     lines = [f"{result['backbone']} at {result['image_size']}x{result['image_size']}, batch {result['batch']}, "
              f"{result['threads']} threads, torch {result['torch']}, {result['weights']} weights",
+             f"CPU: {result.get('cpu', '?')}; ISA: {', '.join(result.get('isa', [])) or 'baseline x86-64'}; "
+             f"native bf16: {'yes' if result.get('native_bf16') else 'no'}",
              "", "| pipeline | runtime | precision | batch-1 latency ms | images/s | x naive | images/s with decode "
              "| x naive |", "|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
+        if r["pipeline"].startswith("predict"):  # predict() on arrays: its share of the graph's throughput
+            lines.append(f"| {r['pipeline']} | {r['runtime']} | {r['precision']} | - | {r['throughput']} "
+                         f"| {r['of_graph']} of the graph ({r['graph_throughput']}) | - | - |")
+            continue
         lines.append(f"| {r['pipeline']} | {r['runtime']} | {r['precision']} | {r['latency_ms']} | {r['throughput']} "
                      f"| {r['speedup_throughput']} | {r['throughput_with_decode']} | {r['speedup_with_decode']} |")
     return "\n".join(lines)

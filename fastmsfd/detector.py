@@ -19,13 +19,14 @@ from . import ops
 from ._version import __version__
 from .backbones import build_student, build_teacher, default_layers, normalization
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import is_mvtec_category, load_resized, resize_batch, to_image_list, training_paths
-from .distributed import init_from_env, to_plain_bn, to_sync_bn
+from .data import is_mvtec_category, load_resized, to_u8_batch, training_paths
+from .distributed import ddp_kwargs, init_from_env, rank_device, to_plain_bn, to_sync_bn
 from .errors import CheckpointError, DataError
 from .runtimes import RUNTIMES
 from .train import TrainConfig, TrainHistory, auto_epochs, distill
 
-PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+              "auto": None}  # auto: chosen per machine (runtimes.choose)
 LAYER_WEIGHT_QUANTILE = 0.99
 MAP_NORMS = ("border", None)
 MAP_NORM_MAX_IMAGES = 256  # normal images whose heatmaps give the border statistics (an even subsample beyond)
@@ -48,10 +49,6 @@ class Prediction:
         """Heatmap i resized (bilinear) to its input's original size."""
         h, w = self.sizes[i]
         return F.interpolate(self.heatmaps[i][None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
-
-
-def _as_u8(images: Sequence[torch.Tensor], size: int) -> torch.Tensor:
-    return (resize_batch(images, size) * 255).round().to(torch.uint8)
 
 
 class Detector(nn.Module):
@@ -112,8 +109,9 @@ class Detector(nn.Module):
         self._compiled = None
         self._runner = None                  # the exported graph in ONNX Runtime / OpenVINO, built on first use
         self._lock = threading.RLock()       # guards lazy runner creation and train/eval switches in predict
-        self._runtime: tuple[str, str] | None = None
+        self._runtime = None                 # runtimes.Choice: runtime, precision and why, resolved on first use
         self.ops_backend = ops_backend
+        self._fitting = False
         self.history: TrainHistory | None = None
         self.fitted = False
         self.student.eval()
@@ -144,13 +142,23 @@ class Detector(nn.Module):
 
     # ---- runtimes --------------------------------------------------------------------------------------
     @property
+    def runtime_choice(self):
+        """runtimes.Choice: the runtime and precision predict() uses on this machine, and why."""
+        if self._runtime is None:
+            from .runtimes import choose
+
+            self._runtime = choose(self.runtime_request, self.device, self.config["precision"])
+        return self._runtime
+
+    @property
     def runtime(self) -> str:
         """The runtime predict() uses: "torch", "onnxruntime" or "openvino" (resolved from the request)."""
-        if self._runtime is None:
-            from .runtimes import resolve
+        return self.runtime_choice.runtime
 
-            self._runtime = resolve(self.runtime_request, self.device, self.config["precision"])
-        return self._runtime[0]
+    @property
+    def precision(self) -> str:
+        """The precision inference runs in ("auto" resolved for this machine); fit() trains "auto" in float32."""
+        return self.runtime_choice.precision
 
     def reset_runtime(self, runtime: str | None = None) -> None:
         """Drop the exported graph (it is rebuilt from the current weights on next use); optionally switch
@@ -178,7 +186,7 @@ class Detector(nn.Module):
                     from .export import onnx_bytes
                     from .runtimes import build_runner
 
-                    self._runner = build_runner(self.runtime, onnx_bytes(self), self.config["precision"])
+                    self._runner = build_runner(self.runtime, onnx_bytes(self), self.precision)
                 runner = self._runner
         return runner(images_u8)
 
@@ -198,7 +206,10 @@ class Detector(nn.Module):
         return self._normalize(images_u8.to(self.device, non_blocking=True).float().div_(255.0))
 
     def _autocast(self):
-        dtype = PRECISIONS[self.config["precision"]]
+        precision = self.config["precision"]
+        if precision == "auto":
+            precision = "float32" if self._fitting else self.precision
+        dtype = PRECISIONS[precision]
         enabled = dtype != torch.float32
         return torch.autocast(self.device.type, dtype=dtype, enabled=enabled)
 
@@ -257,7 +268,7 @@ class Detector(nn.Module):
             chunks = []
             for batch in source:
                 batch = batch[0] if isinstance(batch, (tuple, list)) else batch
-                chunks.append(_as_u8(to_image_list(batch, "DataLoader batch")[0], S))
+                chunks.append(to_u8_batch(batch, S, "DataLoader batch")[0])
             if not chunks:
                 raise DataError("fit: the DataLoader yielded no batches")
             return torch.cat(chunks)
@@ -269,7 +280,7 @@ class Detector(nn.Module):
             return load_resized(paths, S, progress)
         if isinstance(source, (list, tuple)) and source and all(isinstance(p, (str, os.PathLike)) for p in source):
             return load_resized([Path(p) for p in source], S, progress)
-        return _as_u8(to_image_list(source, "fit images")[0], S)
+        return to_u8_batch(source, S, "fit images")[0]
 
     def fit(self, source, epochs: int | None = None, batch_size: int = 8, lr: float = 1e-3, val_fraction: float = 0.1,
             seed: int = 0, progress: bool = True, calibrate_quantile: float = 0.99, **train_kwargs) -> "Detector":
@@ -278,6 +289,11 @@ class Detector(nn.Module):
         stopping, the per-layer weights and the default threshold. epochs=None: about 3,000 training images seen
         (train.auto_epochs: 40 epochs for 75 images, 12 for 250, 4 for 700), since longer training measurably
         blurs what the student gets wrong (docs/defaults.md). Returns self."""
+        if self.config["precision"] == "float16":
+            raise ValueError(
+                "fit: precision='float16' would need loss scaling, which fastmsfd's training does not do (small "
+                "float16 gradients underflow to zero). Fit with precision='float32' or 'bfloat16' (bfloat16 needs no "
+                "scaling), save, then Detector.load(path, precision='float16') to infer in float16.")
         images = self._normal_images_u8(source, progress)
         n = len(images)
         if n < 2:
@@ -292,8 +308,11 @@ class Detector(nn.Module):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             student = build_student(self.config["backbone"], self.layers)
-        self.student = student.to(self.device, memory_format=torch.channels_last)
-        rank, world = init_from_env(self.device)  # torchrun: one shard of every global batch per process
+        device = rank_device(self.device)  # torchrun on GPUs: this rank's own GPU
+        if device != self.device:
+            self.to(device)
+        self.student = student.to(device, memory_format=torch.channels_last)
+        rank, world = init_from_env(device)  # torchrun: one shard of every global batch per process
         if epochs is None:
             epochs = auto_epochs(len(train))
         cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, alpha=self.config["alpha"],
@@ -306,14 +325,16 @@ class Detector(nn.Module):
         features = self.features
         if world > 1:
             to_sync_bn(self.student)
-            ddp = torch.nn.parallel.DistributedDataParallel(self.student)
+            ddp = torch.nn.parallel.DistributedDataParallel(self.student, **ddp_kwargs(device))
 
             def features(x):
                 with self._autocast():
                     return self.teacher(x), ddp(x)
+        self._fitting = True
         try:
             self.history = distill(self.teacher, self.student, features, train, val, self._prepare, cfg)
         finally:
+            self._fitting = False
             if world > 1:
                 to_plain_bn(self.student)
         self.eval()
@@ -375,25 +396,33 @@ class Detector(nn.Module):
             return isinstance(chunk, (list, tuple)) and len(chunk) > 0 and \
                 all(isinstance(x, (str, os.PathLike)) for x in chunk)
 
-        if not all(is_paths(c) for c in chunks):
-            for chunk in chunks:
-                ims, names = to_image_list(chunk)
-                yield _as_u8(ims, self.image_size), [tuple(t.shape[-2:]) for t in ims], names
-            return
-        # Files: decode and resize images in worker threads, the next batch while this one runs (PIL, the resize
-        # and the runtimes release the GIL); at most two batches are in memory at once.
+        # Decoding, checks and resizing run in worker threads, the next batch while this one infers (PIL, torch's
+        # resize and the runtimes release the GIL); at most two batches are in memory at once.
         from concurrent.futures import ThreadPoolExecutor
-
-        from .data import decode_resized
 
         S = self.image_size
         with ThreadPoolExecutor(max_workers=max(2, torch.get_num_threads()),
                                 thread_name_prefix="fastmsfd-decode") as pool:
-            pending = [pool.submit(decode_resized, p, S) for p in chunks[0]]
-            for k, chunk in enumerate(chunks):
-                done = [f.result() for f in pending]  # the first unreadable file raises, naming itself
-                pending = [pool.submit(decode_resized, p, S) for p in chunks[k + 1]] if k + 1 < len(chunks) else []
-                yield torch.stack([u for u, _ in done]), [hw for _, hw in done], [str(p) for p in chunk]
+            if all(is_paths(c) for c in chunks):
+                from .data import decode_resized
+
+                def submit(k):  # files: one task per file
+                    return [pool.submit(decode_resized, p, S) for p in chunks[k]]
+
+                def collect(k, futures):  # the first unreadable file raises, naming itself
+                    done = [f.result() for f in futures]
+                    return torch.stack([u for u, _ in done]), [hw for _, hw in done], [str(p) for p in chunks[k]]
+            else:
+                def submit(k):  # in-memory images: one task per batch (uint8 sources stay uint8)
+                    return pool.submit(to_u8_batch, chunks[k], S, "images", k * batch_size)
+
+                def collect(k, future):
+                    return future.result()
+            pending = submit(0)
+            for k in range(len(chunks)):
+                ready = collect(k, pending)
+                pending = submit(k + 1) if k + 1 < len(chunks) else None
+                yield ready
 
     @torch.no_grad()
     def predict_iter(self, images, batch_size: int = 16):
@@ -464,7 +493,11 @@ class Detector(nn.Module):
 
     @classmethod
     def load(cls, path: str | os.PathLike, runtime: str = "auto", device: str | torch.device = "cpu",
-             ops_backend: str = "auto") -> "Detector":
+             ops_backend: str = "auto", precision: str | None = None) -> "Detector":
+        """A saved detector; precision (default: the file's) sets the inference precision, e.g. float16 for a
+        detector fitted in float32."""
+        if precision is not None and precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
         tensors, config = load_checkpoint(path)
         known = ("backbone", "layers", "image_size", "precision", "alpha", "beta", "sigma_factor", "aggregate",
                  "score_topk", "blur_sigma")
@@ -496,5 +529,7 @@ class Detector(nn.Module):
         det.config.update({k: v for k, v in config.items() if k not in known})
         det.config["random_teacher"] = bool(config.get("random_teacher", False))
         det.fitted = bool(config.get("fitted", True))
+        if precision is not None:
+            det.config["precision"] = precision
         det.reset_runtime()
         return det.to(device)

@@ -56,10 +56,9 @@ def main() -> None:
         session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
         runs = {"onnxruntime": lambda a: session.run(None, {"x": a})}
         try:
-            import openvino as ov
+            from fastmsfd.runtimes import openvino_compile
 
-            compiled = ov.Core().compile_model(ov.Core().read_model(graph, b""), "CPU",
-                                               {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
+            compiled = openvino_compile(graph, "float32", threads, PERFORMANCE_HINT="LATENCY")
             request = compiled.create_infer_request()
             runs["openvino"] = lambda a: request.infer({0: a})
         except ImportError:

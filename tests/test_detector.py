@@ -49,10 +49,15 @@ def test_predict_accepts_every_input_kind(fitted, tmp_path):
         Image.fromarray(a).save(tmp_path / f"{i}.png")
         paths.append(tmp_path / f"{i}.png")
     ref = fitted.predict(u8)
-    for inp in (u8.float() / 255, arrays, [Image.fromarray(a) for a in arrays], paths, [str(p) for p in paths],
-                tmp_path):
+    # uint8 sources are resized in uint8 (identical whatever their container)
+    for inp in (arrays, [Image.fromarray(a) for a in arrays], paths, [str(p) for p in paths], tmp_path):
         pred = fitted.predict(inp, batch_size=2)
         torch.testing.assert_close(pred.scores, ref.scores, rtol=1e-4, atol=1e-5)
+    # float images are resized in float (within a grey level of the uint8 resize); at the network's size, no
+    # resize: exactly the uint8 result
+    at_size = _images(3, seed=5, size=SIZE)
+    torch.testing.assert_close(fitted.predict(at_size.float() / 255).scores, fitted.predict(at_size).scores,
+                               rtol=1e-4, atol=1e-5)
     assert ref.heatmaps.shape == (3, SIZE, SIZE) and ref.heatmaps.dtype == torch.float32
     assert ref.labels.dtype == torch.bool and ref.masks.shape == (3, SIZE, SIZE)
     assert fitted.predict(paths).names == [str(p) for p in paths]
