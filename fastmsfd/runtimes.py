@@ -30,8 +30,8 @@ MAX_AUROC_CHANGE = 0.005
 # float32, measured with scripts/precision_table.py (docs/performance.md, "Precision"). A pair that is missing,
 # or moved either number by MAX_AUROC_CHANGE or more, is never chosen automatically.
 PRECISION_EVIDENCE: dict[tuple[str, str], dict[str, tuple[float, float]]] = {
-    ("torch", "bfloat16"): {"kolektorsdd": (+0.0036, +0.0027), "mtd": (-0.0012, -0.0005)},
-    ("openvino", "bfloat16"): {"kolektorsdd": (+0.0012, +0.0009), "mtd": (+0.0003, -0.0017)},
+    ("torch", "bfloat16"): {"kolektorsdd": (-0.0012, +0.0019), "mtd": (-0.0012, -0.0004)},
+    ("openvino", "bfloat16"): {"kolektorsdd": (+0.0000, +0.0020), "mtd": (-0.0001, -0.0011)},
 }
 
 
@@ -61,12 +61,23 @@ def cpu_info() -> CpuInfo:
                 elif key == "flags":
                     flags = set(value.split())
                     break
-    except OSError:  # not Linux: ask torch which vector unit its kernels use
+    except OSError:  # not Linux: torch's vector unit, and OpenVINO's word on bf16
         capability = torch.backends.cpu.get_cpu_capability()
         flags = {"avx2", "fma"} | ({"avx512f"} if capability.startswith("AVX512") else set()) \
             if capability.startswith("AVX") else set()
+        if _openvino_has_bf16():
+            flags.add("avx512_bf16")
     return CpuInfo(model or platform.processor() or platform.machine(),
                    frozenset(f for f in ISA_FLAGS if f in flags))
+
+
+def _openvino_has_bf16() -> bool:
+    try:
+        import openvino as ov
+
+        return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except Exception:  # not installed, or no CPU plugin: no evidence of native bf16
+        return False
 
 
 def precision_accepted(runtime: str, precision: str) -> bool:

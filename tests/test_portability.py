@@ -164,6 +164,17 @@ def test_cpu_info_reads_this_machine():
     assert cpu.native_bf16 == bool({"avx512_bf16", "amx_bf16"} & cpu.flags)
 
 
+@pytest.mark.parametrize("openvino_bf16", [True, False])
+def test_cpu_info_without_proc_cpuinfo_asks_openvino(monkeypatch, openvino_bf16):
+    def no_file(*args, **kwargs):
+        raise OSError("no /proc/cpuinfo here")
+
+    monkeypatch.setattr(rt, "open", no_file, raising=False)  # shadows the builtin inside runtimes only
+    monkeypatch.setattr(rt, "_openvino_has_bf16", lambda: openvino_bf16)
+    cpu = rt.cpu_info.__wrapped__()
+    assert cpu.model and cpu.native_bf16 == openvino_bf16
+
+
 @pytest.mark.parametrize("cpu", CPUS, ids=lambda c: c.model)
 @pytest.mark.parametrize("status", STATUSES, ids=["all", "no-openvino", "no-onnxruntime", "torch-only"])
 @pytest.mark.parametrize("evidence", ["measured", "rejects-bf16", "accepts-bf16", "none"])
