@@ -4,8 +4,8 @@ Naive pipeline (the baseline every ratio is against): float32, NCHW, the whole b
 forward-hook implementation would run it), the reference ops (fastmsfd/anomaly_map.py), torch preprocessing.
 Each fastmsfd row is a Detector with that runtime (truncated backbones, channels_last, compiled ops or the
 exported graph). Two measurements each: from uint8 images already at image_size ("decode excluded") and from four
-batches of 512x512 JPEG files on disk through Detector.predict / PIL ("decode included"). Medians of repeated runs; weights are random
-when a backbone's file is absent (speed does not depend on them; a warning says so).
+batches of 512x512 JPEG files on disk through Detector.predict / PIL ("decode included"). Medians of repeated
+runs; weights are random when a backbone's file is absent (speed does not depend on them; a warning says so).
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ import torch
 from PIL import Image
 
 from . import anomaly_map as ref
-from .runtimes import RUNTIME_PRECISIONS, cpu_info
 from .backbones import BACKBONES, build_backbone, default_layers, find_weights_file, normalization
+from .runtimes import RUNTIME_PRECISIONS, cpu_info
 
 
 class NaivePipeline:

@@ -190,10 +190,8 @@ def cmd_fit(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    import numpy as np
 
-    from . import Detector
-    from .data import IMAGE_EXTENSIONS, list_images, read_image
+    from .data import list_images, read_image
     from .errors import FastMSFDError
     from .viz import overlay_vmax, save_overlay
 
@@ -274,7 +272,6 @@ def _checkpoint_for(args, category: str) -> Path:
 
 
 def cmd_eval(args) -> int:
-    from . import Detector
     from .datasets import require_train
     from .evaluate import evaluate
     from .report import category_entry, overlay_grid, plot_curves, write_summary

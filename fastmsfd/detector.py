@@ -19,7 +19,7 @@ from . import ops
 from ._version import __version__
 from .backbones import build_student, build_teacher, default_layers, normalization
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import is_mvtec_category, load_resized, to_u8_batch, training_paths
+from .data import load_resized, to_u8_batch, training_paths
 from .distributed import ddp_kwargs, init_from_env, rank_device, to_plain_bn, to_sync_bn
 from .errors import CheckpointError, DataError
 from .runtimes import RUNTIMES
@@ -359,8 +359,9 @@ class Detector(nn.Module):
         normal range maps to about 1, so no single scale dominates the sum."""
         per_layer: list[list[torch.Tensor]] = [[] for _ in self.layers]
         for t, s in self._batched_features(images_u8):
-            for l, (tl, sl) in enumerate(zip(t, s)):
-                per_layer[l].append(ref.combined_distance(tl, sl, self.config["alpha"], self.config["beta"]).flatten())
+            for layer, (tl, sl) in enumerate(zip(t, s)):
+                d = ref.combined_distance(tl, sl, self.config["alpha"], self.config["beta"])
+                per_layer[layer].append(d.flatten())
         q = [float(np.quantile(torch.cat(d).float().cpu().numpy(), LAYER_WEIGHT_QUANTILE)) for d in per_layer]
         self.layer_weights.copy_(torch.tensor([1.0 / max(v, 1e-12) for v in q]))
 
@@ -450,7 +451,9 @@ class Detector(nn.Module):
         from tqdm.auto import tqdm
 
         parts = list(tqdm(self.predict_iter(images, batch_size), desc="predicting", disable=not progress))
-        cat = (lambda xs: None if xs[0] is None else torch.cat(xs))
+        def cat(xs):
+            return None if xs[0] is None else torch.cat(xs)
+
         return Prediction(torch.cat([p.heatmaps for p in parts]), torch.cat([p.scores for p in parts]),
                           cat([p.labels for p in parts]), cat([p.masks for p in parts]),
                           [hw for p in parts for hw in p.sizes], [n for p in parts for n in p.names])

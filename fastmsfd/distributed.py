@@ -13,7 +13,6 @@ import os
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.nn import functional as F
 
 
 def launched_by_torchrun() -> bool:

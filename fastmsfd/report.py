@@ -143,7 +143,7 @@ def write_summary(out_dir: Path, entries: list[dict], meta: dict) -> str:
         lines.append(f"| **mean** | {_fmt(mean['image_auroc'])} | {_fmt(mean['pixel_auroc'])} | "
                      f"{_fmt(mean['aupro'])} | {_fmt(mean['f1_max'])} | {_fmt(mean['f1_at_threshold'])} | | | |")
     table = "\n".join(lines)
-    md = [f"# fastmsfd evaluation\n", f"Command: `{meta.get('command', '')}`\n",
+    md = ["# fastmsfd evaluation\n", f"Command: `{meta.get('command', '')}`\n",
           f"Evaluation resolution: {entries[0]['resolution'] if entries else 'n/a'} "
           "(masks resized with nearest neighbour; `--full-res` evaluates at each image's original size).\n",
           table, ""]

@@ -32,9 +32,9 @@ def main() -> None:
 
     from fastmsfd import Detector
     from fastmsfd.backbones import build_backbone, default_layers
-    from fastmsfd.runtimes import build_runner
     from fastmsfd.export import OPSET, onnx_bytes
     from fastmsfd.onnx_passes import fold_pads
+    from fastmsfd.runtimes import build_runner
 
     threads = torch.get_num_threads()
     print(f"{args.image_size}x{args.image_size}, batch {args.batch}, {threads} threads, float32, random weights\n")

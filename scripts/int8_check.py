@@ -24,8 +24,13 @@ QUANTISED_OPS = ("Conv", "Add", "Relu", "Clip", "MaxPool")
 
 def quantise(f32_path: Path, out_path: Path, calibration: np.ndarray, per_channel: bool) -> None:
     import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quant_pre_process,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
 
     pre = out_path.with_suffix(".pre.onnx")
     quant_pre_process(str(f32_path), str(pre), skip_symbolic_shape=True)
@@ -96,7 +101,7 @@ def main() -> None:
         test = load_resized([s.path for s in samples], S, False).numpy()
         masks = np.stack([mask_at(read_sample_mask(s), (S, S)) for s in samples])
         labels = np.array([s.label for s in samples])
-    print(f"| graph | runtime | image AUROC | pixel AUROC | AUPRO | images/s |\n|---|---|---|---|---|---|")
+    print("| graph | runtime | image AUROC | pixel AUROC | AUPRO | images/s |\n|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         f32, q8 = Path(tmp) / "float32.onnx", Path(tmp) / "int8.onnx"
         f32.write_bytes(onnx_bytes(det))

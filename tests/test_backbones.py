@@ -1,14 +1,18 @@
 """Backbones: real weights load offline, torchvision/lukemelas key compatibility, truncation, weight
 resolution errors that say what to fetch and where."""
-import warnings
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from fastmsfd.backbones import (backbone_names, build_backbone, build_teacher, find_weights_file, normalization,
-                                resolve_weights)
+from fastmsfd.backbones import (
+    backbone_names,
+    build_backbone,
+    build_teacher,
+    find_weights_file,
+    normalization,
+    resolve_weights,
+)
 from fastmsfd.backbones.efficientnet_lite import EfficientNetLiteFeatures
 from fastmsfd.backbones.weights import TORCHVISION_FILES, hub_checkpoint_dir
 from fastmsfd.errors import WeightsNotFoundError

@@ -1,6 +1,6 @@
-"""Every compiled backend usable here (cpp on CPU, triton under TRITON_INTERPRET=1; cuda/triton on a GPU) against the reference
-(fastmsfd/anomaly_map.py) on fresh random inputs: many shapes, all aggregation modes, dtypes and layouts, the
-loss gradient, NaN behaviour, thread-count independence, opcheck and torch.compile.
+"""Every compiled backend usable here (cpp on CPU, triton under TRITON_INTERPRET=1; cuda/triton on a GPU) against
+the reference (fastmsfd/anomaly_map.py) on fresh random inputs: many shapes, all aggregation modes, dtypes and
+layouts, the loss gradient, NaN behaviour, thread-count independence, opcheck and torch.compile.
 
 Tolerances: float32 within 1e-5 of the reference, relative to the output's magnitude (only summation order
 differs); float16/bfloat16 by the rule in backend_checks.assert_dtype_rule (error against float64 at most twice
@@ -145,8 +145,8 @@ def test_loss_and_gradient_match_reference(backend, layout, shapes):
     weights = [1.0 + j for j in range(len(T))]
     l_ref, g_ref = _loss_and_grads(T, S, "reference", weights)
     with poisoned_outputs():
-        l, g = _loss_and_grads(T, S, backend, weights)
-    _close32(l, l_ref)
+        loss, g = _loss_and_grads(T, S, backend, weights)
+    _close32(loss, l_ref)
     for a, b, s in zip(g, g_ref, S):
         assert a.shape == s.shape and a.dtype == s.dtype
         _close32(a, b)
@@ -158,8 +158,8 @@ def test_loss_gradient_low_precision_rule(backend, dtype):
     T, S = _feats(SHAPE_SETS[3], dtype=dtype)
     l_exact, g_exact = _loss_and_grads([t.double() for t in T], [s.double() for s in S], "reference")
     l_ref, g_ref = _loss_and_grads(T, S, "reference")
-    l, g = _loss_and_grads(T, S, backend)
-    assert_dtype_rule(l, l_ref, l_exact)
+    loss, g = _loss_and_grads(T, S, backend)
+    assert_dtype_rule(loss, l_ref, l_exact)
     for a, b, e in zip(g, g_ref, g_exact):
         assert a.dtype == dtype
         assert_dtype_rule(a, b, e)
@@ -171,8 +171,8 @@ def test_loss_gradient_at_zero_student_vector(backend):
     T, S = _feats([(2, 5, 3, 3)])
     S[0][0, :, 1, 1] = 0.0
     l_ref, g_ref = _loss_and_grads(T, S, "reference")
-    l, g = _loss_and_grads(T, S, backend)
-    _close32(l, l_ref)
+    loss, g = _loss_and_grads(T, S, backend)
+    _close32(loss, l_ref)
     _close32(g[0], g_ref[0])
 
 

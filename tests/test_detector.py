@@ -127,8 +127,8 @@ def test_corrupt_checkpoints_give_clear_errors(fitted, tmp_path):
 def test_newer_format_version_is_refused(tmp_path):
     path = tmp_path / "new.fastmsfd"
     save_checkpoint(path, {"x": torch.zeros(1)}, {})
-    from safetensors.torch import load_file, save_file
     from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
 
     with safe_open(str(path), "pt") as f:
         meta = dict(f.metadata())

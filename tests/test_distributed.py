@@ -45,8 +45,8 @@ def _run(cmd, tmp_path):
 def test_torchrun_two_processes_match_one(tmp_path):
     data = _data(tmp_path / "data")
     _run([sys.executable, "-m", "fastmsfd", "-q", "fit", str(data), "-o", "one.fastmsfd", *ARGS], tmp_path)
-    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}", "--master_addr=127.0.0.1", "-m", "fastmsfd",
-          "-q", "fit", str(data), "-o", "two.fastmsfd", *ARGS], tmp_path)
+    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+          "--master_addr=127.0.0.1", "-m", "fastmsfd", "-q", "fit", str(data), "-o", "two.fastmsfd", *ARGS], tmp_path)
     one, two = Detector.load(tmp_path / "one.fastmsfd"), Detector.load(tmp_path / "two.fastmsfd")
     a, b = one.student.state_dict(), two.student.state_dict()
     assert a.keys() == b.keys()

@@ -142,8 +142,9 @@ def test_decoder_fuzz_raises_only_image_decode_error(tmp_path, data):
 
 
 def _valid_png(rng):
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     buf = io.BytesIO()
     Image.fromarray((rng.random((9, 7, 3)) * 255).astype(np.uint8)).save(buf, format="PNG")
