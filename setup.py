@@ -49,7 +49,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.9",
-    packages=["fastmsfd", "fastmsfd.backbones", "fastmsfd.kernels"],
+    packages=["fastmsfd", "fastmsfd.backbones", "fastmsfd.ops", "fastmsfd.kernels"],
     package_dir={"fastmsfd": "fastmsfd", "fastmsfd.kernels": "kernels"},
     install_requires=[
         "torch>=2.4",

@@ -1,5 +1,5 @@
 // The one registration file: op schemas (TORCH_LIBRARY), CPU (and, when built, CUDA) implementations, and the
-// pybind11 module fastmsfd._C. Fake (meta) implementations and autograd live in fastmsfd/cpp_backend.py.
+// pybind11 module fastmsfd._C. Fake (meta) implementations and autograd live in fastmsfd/ops/compiled.py.
 #include <ATen/ATen.h>
 #include <pybind11/pybind11.h>
 #include <torch/library.h>

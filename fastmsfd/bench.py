@@ -1,7 +1,7 @@
 """`fastmsfd bench`: end-to-end speed of every available runtime beside the naive eager pipeline, same run.
 
 Naive pipeline (the baseline every ratio is against): float32, NCHW, the whole backbone (all stages, as a
-forward-hook implementation would run it), the reference ops (fastmsfd/anomaly_map.py), torch preprocessing.
+forward-hook implementation would run it), the reference ops (fastmsfd/ops/reference.py), torch preprocessing.
 Each fastmsfd row is a Detector with that runtime (truncated backbones, channels_last, compiled ops or the
 exported graph). Two measurements each: from uint8 images already at image_size ("decode excluded") and from four
 batches of 512x512 JPEG files on disk through Detector.predict / PIL ("decode included"). Medians of repeated
@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import anomaly_map as ref
 from .backbones import BACKBONES, build_backbone, default_layers, find_weights_file, normalization
+from .ops import reference
 from .runtimes import RUNTIME_PRECISIONS, cpu_info
 
 
@@ -51,8 +51,8 @@ class NaivePipeline:
         t, s = self.teacher(x)[:n], self.student(x)[:n]
         S = self.size
         shapes = [tuple(f.shape[-2:]) for f in t]
-        return ref.anomaly_map(t, s, (S, S), [1.0] * n, 1.0, 1.0, ref.default_sigmas(shapes, (S, S)),
-                               [None] * n, "sum", 0.01)
+        return reference.anomaly_map(t, s, (S, S), [1.0] * n, 1.0, 1.0,
+                                     reference.default_sigmas(shapes, (S, S)), [None] * n, "sum", 0.01)
 
     def from_files(self, paths):
         ims = [torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1) for p in paths]

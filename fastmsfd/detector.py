@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import anomaly_map as ref
 from . import ops
 from ._version import __version__
 from .backbones import build_student, build_teacher, default_layers, normalization
@@ -22,6 +21,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .data import load_resized, to_u8_batch, training_paths
 from .distributed import ddp_kwargs, init_from_env, rank_device, to_plain_bn, to_sync_bn
 from .errors import CheckpointError, DataError
+from .ops import reference
 from .runtimes import RUNTIMES
 from .train import TrainConfig, TrainHistory, auto_epochs, distill
 
@@ -68,7 +68,7 @@ class Detector(nn.Module):
     def __init__(self, backbone: str = "efficientnet_lite0", layers: Sequence[str] | None = None,
                  image_size: int = 256, device: str | torch.device = "cpu", weights: Any = None,
                  runtime: str = "auto", precision: str = "float32", alpha: float = 1.0, beta: float = 1.0,
-                 sigma_factor: float = ref.DEFAULT_SIGMA_FACTOR, aggregate: str = "sum",
+                 sigma_factor: float = reference.DEFAULT_SIGMA_FACTOR, aggregate: str = "sum",
                  score_topk: float | None = 0.01, blur_sigma: float | None = None, download: bool = False,
                  ops_backend: str = "auto", compile: bool | str = False, upsampling: str = "gaussian",
                  map_norm: str | None = "border"):
@@ -79,10 +79,10 @@ class Detector(nn.Module):
             raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
         if not isinstance(image_size, int) or image_size < 32:
             raise ValueError(f"image_size must be an int >= 32, got {image_size!r}")
-        if aggregate not in ref.AGGREGATIONS:
-            raise ValueError(f"aggregate must be one of {ref.AGGREGATIONS}, got {aggregate!r}")
-        if upsampling not in ref.UPSAMPLINGS:
-            raise ValueError(f"upsampling must be one of {ref.UPSAMPLINGS}, got {upsampling!r}")
+        if aggregate not in reference.AGGREGATIONS:
+            raise ValueError(f"aggregate must be one of {reference.AGGREGATIONS}, got {aggregate!r}")
+        if upsampling not in reference.UPSAMPLINGS:
+            raise ValueError(f"upsampling must be one of {reference.UPSAMPLINGS}, got {upsampling!r}")
         if map_norm not in MAP_NORMS:
             raise ValueError(f"map_norm must be one of {MAP_NORMS}, got {map_norm!r}")
         layers = tuple(layers) if layers else default_layers(backbone)
@@ -110,6 +110,8 @@ class Detector(nn.Module):
         self._runner = None                  # the exported graph in ONNX Runtime / OpenVINO, built on first use
         self._lock = threading.RLock()       # guards lazy runner creation and train/eval switches in predict
         self._runtime = None                 # runtimes.Choice: runtime, precision and why, resolved on first use
+        if ops_backend not in ("auto",) + ops.BACKENDS:
+            raise ValueError(f"ops_backend must be 'auto' or one of {ops.BACKENDS}, got {ops_backend!r}")
         self.ops_backend = ops_backend
         self._fitting = False
         self.history: TrainHistory | None = None
@@ -231,7 +233,7 @@ class Detector(nn.Module):
 
     def _sigmas(self, feats: Sequence[torch.Tensor]) -> list[float]:
         S = self.image_size
-        return ref.default_sigmas([tuple(f.shape[-2:]) for f in feats], (S, S), self.config["sigma_factor"])
+        return reference.default_sigmas([tuple(f.shape[-2:]) for f in feats], (S, S), self.config["sigma_factor"])
 
     def anomaly_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.maps_from_features(*self.features(x))
@@ -250,8 +252,8 @@ class Detector(nn.Module):
                                       blur_sigma=self.config["blur_sigma"], backend=self.ops_backend,
                                       upsampling=self.config["upsampling"])
         if standardize and self.config["map_norm"]:
-            heat = ref.standardize(heat, self.map_mean, self.map_std)
-            score = ref.image_score(heat, self.config["score_topk"])
+            heat = reference.standardize(heat, self.map_mean, self.map_std)
+            score = reference.image_score(heat, self.config["score_topk"])
         return heat, score
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -317,7 +319,7 @@ class Detector(nn.Module):
             epochs = auto_epochs(len(train))
         cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, alpha=self.config["alpha"],
                           beta=self.config["beta"], seed=seed, progress=progress and rank == 0, rank=rank,
-                          world_size=world, **train_kwargs)
+                          world_size=world, ops_backend=self.ops_backend, **train_kwargs)
         self.layer_weights.fill_(1.0)
         self.map_mean.zero_()
         self.map_std.fill_(1.0)
@@ -360,7 +362,7 @@ class Detector(nn.Module):
         per_layer: list[list[torch.Tensor]] = [[] for _ in self.layers]
         for t, s in self._batched_features(images_u8):
             for layer, (tl, sl) in enumerate(zip(t, s)):
-                d = ref.combined_distance(tl, sl, self.config["alpha"], self.config["beta"])
+                d = reference.combined_distance(tl, sl, self.config["alpha"], self.config["beta"])
                 per_layer[layer].append(d.flatten())
         q = [float(np.quantile(torch.cat(d).float().cpu().numpy(), LAYER_WEIGHT_QUANTILE)) for d in per_layer]
         self.layer_weights.copy_(torch.tensor([1.0 / max(v, 1e-12) for v in q]))
@@ -374,7 +376,7 @@ class Detector(nn.Module):
         step = max(1, math.ceil(len(images_u8) / MAP_NORM_MAX_IMAGES))
         heat = torch.cat([self.maps_from_features(t, s, standardize=False)[0]
                           for t, s in self._batched_features(images_u8[::step])])
-        mean, std = ref.border_statistics(heat)
+        mean, std = reference.border_statistics(heat)
         self.map_mean.copy_(mean)
         self.map_std.copy_(std)
 

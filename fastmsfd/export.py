@@ -2,7 +2,7 @@
 
 Input "images": uint8 (B, 3, S, S), RGB, already resized to the detector's image_size S (bilinear, antialiased:
 what Detector.predict does; the ONNX metadata says so). Normalisation happens inside the graph. Outputs
-"heatmap" (B, S, S) float32 and "score" (B,) float32: the same math as fastmsfd.anomaly_map (reference), with
+"heatmap" (B, S, S) float32 and "score" (B,) float32: the same math as fastmsfd.ops.reference, with
 the Gaussian up-sampling as two MatMuls by fixed matrices, and the heatmap standardised by the detector's border
 statistics (map_norm="border") before the score. The batch dimension is dynamic.
 """
@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import anomaly_map as ref
 from ._version import __version__
 from .checkpoint import atomic_path
 from .onnx_passes import fold_pads
+from .ops import reference
 
 OPSET = 17
 INPUT_NAME, OUTPUT_NAMES = "images", ("heatmap", "score")
@@ -38,38 +38,37 @@ class InferenceGraph(nn.Module):
         with torch.no_grad():
             probe = detector.teacher(torch.zeros(1, 3, S, S, device=detector.device))
         shapes = [tuple(f.shape[-2:]) for f in probe]
-        sigmas = ref.default_sigmas(shapes, (S, S), cfg["sigma_factor"])
-        self.mode = cfg["aggregate"]
-        fold = self.mode in ("sum", "mean")
-        mats = ref.upsampling_matrices(shapes, (S, S), sigmas, [None] * len(shapes), cfg["blur_sigma"], fold,
-                                       detector.device, cfg["upsampling"])
-        for i, (gr, gc) in enumerate(mats):
+        sigmas = reference.default_sigmas(shapes, (S, S), cfg["sigma_factor"])
+        # the plan every backend shares: up-sampling matrices (blur folded in for sum/mean), post-blur, top-k
+        plan = reference.plan(shapes, (S, S), detector.layer_weights.tolist(), sigmas, [None] * len(shapes),
+                              cfg["aggregate"], cfg["score_topk"], cfg["blur_sigma"], detector.device,
+                              cfg["upsampling"])
+        for i, (gr, gc) in enumerate(zip(plan.g_rows, plan.g_cols)):
             self.register_buffer(f"g_rows{i}", gr.clone())
             self.register_buffer(f"g_cols{i}", gc.clone())
-        self.post_blur = bool(cfg["blur_sigma"]) and not fold
+        self.post_blur = plan.blur_rows is not None
         if self.post_blur:
-            self.register_buffer("blur_rows", ref.gaussian_matrix(S, S, cfg["blur_sigma"], None, detector.device))
-            self.register_buffer("blur_cols", ref.gaussian_matrix(S, S, cfg["blur_sigma"], None, detector.device))
-        self.weights = [float(w) for w in detector.layer_weights.tolist()]
+            self.register_buffer("blur_rows", plan.blur_rows.clone())
+            self.register_buffer("blur_cols", plan.blur_cols.clone())
+        self.mode, self.weights, self.topk = plan.mode, list(plan.weights), plan.topk
         self.alpha, self.beta = float(cfg["alpha"]), float(cfg["beta"])
-        self.topk = cfg["score_topk"]
         self.map_norm = bool(cfg["map_norm"])
         if self.map_norm:
             self.register_buffer("map_mean", detector.map_mean.detach().clone())
             self.register_buffer("map_std", detector.map_std.detach().clone())
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # the reference math itself (fastmsfd/anomaly_map.py), traced: one definition for every backend
+        # the reference math itself (fastmsfd/ops/reference.py), traced: one definition for every backend
         x = (images.float() - self.mean) / self.std
-        maps = [ref.upsample(ref.combined_distance(t, s, self.alpha, self.beta), getattr(self, f"g_rows{i}"),
-                             getattr(self, f"g_cols{i}"))
+        maps = [reference.upsample(reference.combined_distance(t, s, self.alpha, self.beta),
+                                   getattr(self, f"g_rows{i}"), getattr(self, f"g_cols{i}"))
                 for i, (t, s) in enumerate(zip(self.teacher(x), self.student(x)))]
-        heat = ref.aggregate(maps, self.weights, self.mode)
+        heat = reference.aggregate(maps, self.weights, self.mode)
         if self.post_blur:
-            heat = ref.upsample(heat, self.blur_rows, self.blur_cols)
+            heat = reference.upsample(heat, self.blur_rows, self.blur_cols)
         if self.map_norm:
-            heat = ref.standardize(heat, self.map_mean, self.map_std)
-        return heat, ref.image_score(heat, self.topk)
+            heat = reference.standardize(heat, self.map_mean, self.map_std)
+        return heat, reference.image_score(heat, self.topk)
 
 
 def metadata(detector) -> dict[str, str]:

@@ -58,6 +58,7 @@ class TrainConfig:
     seed: int = 0
     augment: str | None = None  # None, "flip" (horizontal + vertical) or "dihedral" (flips and 90-degree turns)
     optimizer: str = "adam"     # "adam" (default, docs/training.md compares), "adamw", "sgd" (momentum 0.9, STPM)
+    ops_backend: str = "auto"   # the loss's backend (fastmsfd.ops), the detector's ops_backend
     schedule: str = "cosine"    # "cosine" over the planned steps, or "constant"
     progress: bool = True
     max_rollbacks: int = 3
@@ -113,7 +114,7 @@ def held_out_loss(student: nn.Module, features: Callable, images_u8: torch.Tenso
     student.eval()
     total, count = 0.0, 0
     for idx in _batches(len(images_u8), batch_size, None):
-        loss = ops.distill_loss(*features(prepare(images_u8[idx])), cfg.alpha, cfg.beta)
+        loss = ops.distill_loss(*features(prepare(images_u8[idx])), cfg.alpha, cfg.beta, backend=cfg.ops_backend)
         total += float(loss) * len(idx)
         count += len(idx)
     student.train(was_training)
@@ -203,7 +204,7 @@ def distill(teacher: nn.Module, student: nn.Module, features: Callable, train_u8
                 local = shard(torch.arange(len(idx)), cfg.rank, cfg.world_size)
                 batch = batch[local]
             t_feats, s_feats = features(prepare(batch))
-            loss = ops.distill_loss(t_feats, s_feats, cfg.alpha, cfg.beta)
+            loss = ops.distill_loss(t_feats, s_feats, cfg.alpha, cfg.beta, backend=cfg.ops_backend)
             if cfg.world_size > 1:
                 # weight this shard by its share of the global batch: DDP's gradient average then equals the
                 # gradient of the global-batch mean, as in one process

@@ -1,7 +1,7 @@
 """Triton kernel of the fused anomaly map: Gaussian receptive-field up-sampling of every layer's distance map,
 per-layer weights, aggregation, heatmap write and per-tile maxima for the image score.
 
-Reference: fastmsfd/anomaly_map.py::anomaly_map (upsample, aggregate, image_score).
+Reference: fastmsfd/ops/reference.py::run (upsample, aggregate, image_score).
 Launches: one distance kernel per layer (kernels/distance.py; reads each feature element once and writes the
 small d_l, C_l times smaller than the features), then ONE kernel for all layers that writes each heatmap tile
 once: per tile, G_rows[tile] @ d_l @ G_cols[tile]^T for every layer with fp32 `tl.dot` (IEEE precision, not TF32)
@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastmsfd.anomaly_map import AGGREGATIONS  # MODE is an index into it
+from fastmsfd.ops.reference import AGGREGATIONS  # MODE is an index into it
 
 from . import distance as _distance
 
@@ -85,8 +85,11 @@ def _upsample_aggregate_kernel(heat_ptr, tile_max_ptr, H, W,
 @torch.library.triton_op("fastmsfd_triton::anomaly_map", mutates_args={})
 def fused_anomaly_map(teacher: list[torch.Tensor], student: list[torch.Tensor], g_rows: list[torch.Tensor],
                       g_cols: list[torch.Tensor], weights: list[float], alpha: float, beta: float, mode: int,
+                      blur_rows: torch.Tensor | None, blur_cols: torch.Tensor | None,
                       topk_count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """heat (B, H, W) float32 and score (B,): max when topk_count == 0, else the mean of the topk_count largest."""
+    """heat (B, H, W) float32 and score (B,): the max when topk_count == 0, else the mean of the topk_count largest.
+    The same schema as the C++/CUDA op fastmsfd::anomaly_map. blur_rows/blur_cols: the final blur of max/product
+    aggregation, applied after the kernel (two matmuls)."""
     L = len(teacher)
     B, device = teacher[0].shape[0], teacher[0].device
     H, W = g_rows[0].shape[0], g_cols[0].shape[0]
@@ -108,43 +111,32 @@ def fused_anomaly_map(teacher: list[torch.Tensor], student: list[torch.Tensor], 
         torch.library.wrap_triton(_upsample_aggregate_kernel)[grid](
             heat, tile_max, H, W, *args, NUM_LAYERS=L, MODE=mode, WP0=wps[0], WP1=wps[1], WP2=wps[2], WP3=wps[3],
             BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W, BLOCK_K=BLOCK_K)
-    if topk_count > 0:
-        score = heat.reshape(B, H * W).topk(min(topk_count, H * W), dim=1).values.mean(dim=1)
-    else:
-        score = tile_max.reshape(B, -1).amax(dim=1)
-    return heat, score
+    if blur_rows is None and topk_count == 0:
+        return heat, tile_max.reshape(B, -1).amax(dim=1)
+    if blur_rows is not None:
+        heat = blur_rows.to(device) @ heat @ blur_cols.to(device).T
+    flat = heat.reshape(B, H * W)
+    if topk_count == 0:
+        return heat, flat.amax(dim=1)
+    return heat, flat.topk(min(topk_count, H * W), dim=1).values.mean(dim=1)
 
 
-def anomaly_map(teacher_feats, student_feats, out_size, layer_weights, alpha, beta, sigmas, radii, aggregate_mode,
-                topk=None, blur_sigma=None):
-    """ops.py's backend "triton": same arguments and results as fastmsfd.anomaly_map.anomaly_map."""
-    from fastmsfd import anomaly_map as ref
-
-    if teacher_feats[0].dtype == torch.float64:  # the kernels accumulate in float32
-        return ref.anomaly_map(teacher_feats, student_feats, out_size, layer_weights, alpha, beta, sigmas, radii,
-                               aggregate_mode, topk, blur_sigma)
+def run(teacher_feats, student_feats, p, alpha: float, beta: float):
+    """Backend "triton": the fused op for a reference.Plan (CUDA tensors, or the CPU under TRITON_INTERPRET=1)."""
     if len(teacher_feats) > MAX_LAYERS:
         raise ValueError(f"the Triton anomaly map takes at most {MAX_LAYERS} layers, got {len(teacher_feats)}; "
                          "use backend='cuda' or 'reference'")
-    H, W = out_size
-    device = teacher_feats[0].device
-    shapes = [tuple(t.shape[-2:]) for t in teacher_feats]
-    fold = aggregate_mode in ("sum", "mean")
-    mats = ref.upsampling_matrices(shapes, out_size, sigmas, radii, blur_sigma, fold, device)
-    post_blur = bool(blur_sigma) and not fold
-    k = 0 if topk is None else ref.topk_count(topk, H * W)
-    heat, score = fused_anomaly_map(list(teacher_feats), list(student_feats), [m[0] for m in mats],
-                                    [m[1] for m in mats], [float(w) for w in layer_weights], float(alpha),
-                                    float(beta), ref.AGGREGATIONS.index(aggregate_mode), 0 if post_blur else k)
-    if post_blur:
-        heat = ref.upsample(heat, ref.gaussian_matrix(H, H, blur_sigma, None, device),
-                            ref.gaussian_matrix(W, W, blur_sigma, None, device))
-        score = ref.image_score(heat, topk)
-    return heat, score
+    return fused_anomaly_map(list(teacher_feats), list(student_feats), list(p.g_rows), list(p.g_cols),
+                             list(p.weights), float(alpha), float(beta), p.mode_index, p.blur_rows, p.blur_cols,
+                             p.topk_count)
+
+
+# the loss's per-layer term of backend "triton" (kernels/distance.py): the dispatcher finds both functions here
+layer_distance = _distance.layer_distance
 
 
 @fused_anomaly_map.register_fake
-def _(teacher, student, g_rows, g_cols, weights, alpha, beta, mode, topk_count):
+def _(teacher, student, g_rows, g_cols, weights, alpha, beta, mode, blur_rows, blur_cols, topk_count):
     B = teacher[0].shape[0]
     heat = teacher[0].new_empty((B, g_rows[0].shape[0], g_cols[0].shape[0]), dtype=torch.float32)
     return heat, heat.new_empty((B,))

@@ -1,6 +1,6 @@
 """Triton kernels of the per-layer combined distance and its gradient with respect to the student.
 
-Reference: fastmsfd/anomaly_map.py::combined_distance (and its autograd gradient).
+Reference: fastmsfd/ops/reference.py::combined_distance (and its autograd gradient).
     d = alpha * ||t - s||^2 / C + beta * (1 - <t,s> / (max(||t||,eps) * max(||s||,eps)))
 One program handles a block of cells of one image and loops over the channels in chunks, accumulating the four
 sums in float32, so each feature element is read once. Any strides (NCHW, channels_last, views; teacher and
@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastmsfd.distance_autograd import register_distance_autograd
+from fastmsfd.ops.autograd import register_distance_autograd
 
 # A global read inside @triton.jit code must be a tl.constexpr: a plain float compiles only in the interpreter.
 EPS = tl.constexpr(1e-6)
@@ -152,17 +152,9 @@ def distance_backward(grad_d: torch.Tensor, t: torch.Tensor, s: torch.Tensor, st
 register_distance_autograd("fastmsfd_triton::distance_forward", distance_backward)
 
 
-def distill_loss(teacher_feats, student_feats, alpha, beta, layer_weights):
-    """sum_l w_l * mean(d_l) with the fused forward (one pass) and backward (one pass) per layer."""
-    if teacher_feats[0].dtype == torch.float64:  # the kernels accumulate in float32
-        from fastmsfd import anomaly_map as ref
-
-        return ref.distill_loss(teacher_feats, student_feats, alpha, beta, layer_weights)
-    total = None
-    for wgt, t, s in zip(layer_weights, teacher_feats, student_feats):
-        term = wgt * distance_forward(t, s, float(alpha), float(beta))[0].mean()
-        total = term if total is None else total + term
-    return total
+def layer_distance(t: torch.Tensor, s: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
+    """Backend "triton"'s d_l for the distillation loss: one fused pass forward, one backward."""
+    return distance_forward(t, s, float(alpha), float(beta))[0]
 
 
 # Fake (meta) implementations: shapes only, so torch.compile and opcheck never launch a kernel on fake tensors

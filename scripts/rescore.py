@@ -24,8 +24,8 @@ def main() -> None:
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     from fastmsfd import Detector, metrics
-    from fastmsfd import anomaly_map as ref
     from fastmsfd.evaluate import evaluate_category
+    from fastmsfd.ops import reference
 
     res = evaluate_category(Detector.load(args.model), args.category)
     heat, masks = torch.as_tensor(np.stack(res.heatmaps)), np.stack(res.masks)
@@ -34,10 +34,11 @@ def main() -> None:
     print(f"{args.category} ({args.model}); reported image AUROC {res.metrics['image_auroc']:.4f}")
     print("| final blur sigma | score rule | image AUROC | pixel AUROC | AUPRO |\n|---|---|---|---|---|")
     for sb in (float(v) for v in args.blur.split(",")):
-        h = heat if sb == 0 else ref.upsample(heat, ref.gaussian_matrix(S, S, sb), ref.gaussian_matrix(S, S, sb))
+        blur = reference.gaussian_matrix(S, S, sb) if sb else None
+        h = heat if sb == 0 else reference.upsample(heat, blur, blur)
         pix, pro = metrics.pixel_auroc(masks, h.numpy()), metrics.aupro(masks, h.numpy())
         for k in (float(v) for v in args.topk.split(",")):
-            img = metrics.image_auroc(labels, ref.image_score(h, k or None).numpy())
+            img = metrics.image_auroc(labels, reference.image_score(h, k or None).numpy())
             rule = "max" if not k else f"top {k:g}"
             print(f"| {sb:g} | {rule} | {img:.4f} | {pix:.4f} | {pro:.4f} |", flush=True)
 

@@ -29,9 +29,9 @@ def main() -> None:
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     from fastmsfd import Detector, metrics
-    from fastmsfd import anomaly_map as ref
     from fastmsfd.data import load_resized
     from fastmsfd.datasets import mvtec_category
+    from fastmsfd.ops import reference
 
     kw = {"layers": tuple(args.layers.split(","))} if args.layers else {}
     det = Detector(backbone=args.backbone, image_size=args.image_size, **kw).eval()
@@ -64,7 +64,7 @@ def main() -> None:
         b2 = (bank * bank).sum(1)
         d = torch.cat([((q[j:j + 1024] * q[j:j + 1024]).sum(1, keepdim=True) + b2 - 2 * q[j:j + 1024] @ bank.T)
                        .min(1).values.clamp_min(0).sqrt() for j in range(0, len(q), 1024)])
-        score = ref.image_score(d.reshape(t.shape[0], *t.shape[2:]), 0.01).numpy()
+        score = reference.image_score(d.reshape(t.shape[0], *t.shape[2:]), 0.01).numpy()
         per = [metrics.image_auroc(labels[(kinds == k) | (kinds == "good")], score[(kinds == k) | (kinds == "good")])
                for k in sorted(set(kinds)) if k != "good"]
         print(f"| {name} | {t.shape[2]}x{t.shape[3]} | {metrics.image_auroc(labels, score):.3f} | "

@@ -1,5 +1,5 @@
 """Brute-force NumPy versions of the DESIGN.md math: loops over every cell and pixel, float64, no cleverness.
-The reference implementation (fastmsfd/anomaly_map.py) is tested against these."""
+The reference implementation (fastmsfd/ops/reference.py) is tested against these."""
 import math
 
 import numpy as np

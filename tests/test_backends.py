@@ -1,5 +1,5 @@
 """Every compiled backend usable here (cpp on CPU, triton under TRITON_INTERPRET=1; cuda/triton on a GPU) against
-the reference (fastmsfd/anomaly_map.py) on fresh random inputs: many shapes, all aggregation modes, dtypes and
+the reference (fastmsfd/ops/reference.py) on fresh random inputs: many shapes, all aggregation modes, dtypes and
 layouts, the loss gradient, NaN behaviour, thread-count independence, opcheck and torch.compile.
 
 Tolerances: float32 within 1e-5 of the reference, relative to the output's magnitude (only summation order
@@ -12,8 +12,8 @@ import math
 import pytest
 import torch
 
-from fastmsfd import anomaly_map as ref
 from fastmsfd import ops
+from fastmsfd.ops import reference
 
 from .backend_checks import assert_dtype_rule, backends_for, feature_pair, poisoned_outputs
 
@@ -49,10 +49,10 @@ def _close32(got, want):
 
 
 @backend_param
-@pytest.mark.parametrize("mode", ref.AGGREGATIONS)
+@pytest.mark.parametrize("mode", reference.AGGREGATIONS)
 @pytest.mark.parametrize("shapes", SHAPE_SETS)
 def test_anomaly_map_float32_matches_reference(backend, mode, shapes):
-    T, S = _feats(shapes, seed=len(shapes) * 7 + ref.AGGREGATIONS.index(mode))
+    T, S = _feats(shapes, seed=len(shapes) * 7 + reference.AGGREGATIONS.index(mode))
     for i, (out, topk, blur) in enumerate([(OUT_SIZES[0], None, None), (OUT_SIZES[1], 0.05, 1.5),
                                           (OUT_SIZES[2], 1.0, None)]):
         kw = dict(out_size=out, layer_weights=[0.5 + 0.3 * j for j in range(len(T))], aggregate=mode, topk=topk,
@@ -188,16 +188,16 @@ def test_loss_gradient_is_the_true_derivative():
 @backend_param
 def test_ops_pass_opcheck(backend):
     T, S = _feats([(2, 8, 3, 5), (2, 4, 2, 2)])
-    g = [ref.gaussian_matrix(12, t.shape[2], 2.0, None, DEVICE) for t in T]
-    gc = [ref.gaussian_matrix(10, t.shape[3], 2.0, None, DEVICE) for t in T]
+    g = [reference.gaussian_matrix(12, t.shape[2], 2.0, None, DEVICE) for t in T]
+    gc = [reference.gaussian_matrix(10, t.shape[3], 2.0, None, DEVICE) for t in T]
     if backend == "triton":
         import fastmsfd.kernels.anomaly_map  # noqa: F401  (registers the triton_ops)
 
-        f, blur = torch.ops.fastmsfd_triton, ()
+        f = torch.ops.fastmsfd_triton
     else:
-        from fastmsfd import cpp_backend  # noqa: F401  (fake implementations and autograd)
+        from fastmsfd.ops import compiled  # noqa: F401  (fake implementations and autograd)
 
-        f, blur = torch.ops.fastmsfd, (None, None)
+        f = torch.ops.fastmsfd
     checks = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
     if backend == "triton" and DEVICE == "cpu":
         # AOT dispatch lowers a triton_op to the kernel itself, which the CPU interpreter would then run on fake
@@ -210,7 +210,8 @@ def test_ops_pass_opcheck(backend):
     opcheck(f.distance_backward.default,
             (torch.rand_like(d), T[0], S[0].detach(), stats.detach(), 1.0, 1.0))
     for mode in range(4):
-        opcheck(f.anomaly_map.default, (T, [s.detach() for s in S], g, gc, [1.0, 0.5], 1.0, 1.0, mode, *blur, 3))
+        # one schema for both: ... mode, blur_rows, blur_cols, topk_count
+        opcheck(f.anomaly_map.default, (T, [s.detach() for s in S], g, gc, [1.0, 0.5], 1.0, 1.0, mode, None, None, 3))
 
 
 @backend_param

@@ -292,7 +292,7 @@ def test_unknown_optimizer_or_schedule_is_refused():
 
 
 def test_fit_measures_border_statistics_and_predict_standardises(fitted):
-    from fastmsfd import anomaly_map as ref
+    from fastmsfd.ops import reference
 
     assert fitted.config["map_norm"] == "border" and "map_norm=border" in repr(fitted)
     assert not torch.equal(fitted.map_std, torch.ones_like(fitted.map_std))
@@ -303,7 +303,7 @@ def test_fit_measures_border_statistics_and_predict_standardises(fitted):
     saved = fitted.map_mean.clone(), fitted.map_std.clone()
     try:
         fitted._set_map_statistics(x)
-        mean, std = ref.border_statistics(raw)
+        mean, std = reference.border_statistics(raw)
         torch.testing.assert_close(fitted.map_mean, mean, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(fitted.map_std, std, rtol=1e-5, atol=1e-6)
     finally:
@@ -317,7 +317,7 @@ def test_fit_measures_border_statistics_and_predict_standardises(fitted):
     pred = fitted.predict(y)
     want = (raw - fitted.map_mean) / fitted.map_std
     torch.testing.assert_close(pred.heatmaps, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
-    torch.testing.assert_close(pred.scores, ref.image_score(want, fitted.config["score_topk"]), rtol=1e-4,
+    torch.testing.assert_close(pred.scores, reference.image_score(want, fitted.config["score_topk"]), rtol=1e-4,
                                atol=1e-4)
 
 

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from fastmsfd import anomaly_map as ref
 from fastmsfd import ops
+from fastmsfd.ops import reference
 
 CPP = ops.backend_status("cpu")["cpp"] is None
 
@@ -99,30 +99,30 @@ def _tol(dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("shapes", SHAPES)
 def test_cpp_distance_matches_reference(dtype, shapes):
-    from fastmsfd import cpp_backend
+    from fastmsfd.ops import compiled
 
     for B, C, h, w in shapes:
         t, s = _pair(B, C, h, w, dtype)
-        got = cpp_backend.distance_map(t, s, 0.8, 1.2)
-        torch.testing.assert_close(got, ref.combined_distance(t, s, 0.8, 1.2), **_tol(dtype))
+        got = compiled.distance_map(t, s, 0.8, 1.2)
+        torch.testing.assert_close(got, reference.combined_distance(t, s, 0.8, 1.2), **_tol(dtype))
 
 
 @pytest.mark.skipif(not CPP, reason="fastmsfd._C not built")
 def test_cpp_handles_non_contiguous_inputs():
-    from fastmsfd import cpp_backend
+    from fastmsfd.ops import compiled
 
     t, s = _pair(2, 6, 5, 5)
     tn, sn = t.transpose(2, 3), s.transpose(2, 3)
     assert not tn.is_contiguous()
-    torch.testing.assert_close(cpp_backend.distance_map(tn, sn), ref.combined_distance(tn, sn))
+    torch.testing.assert_close(compiled.distance_map(tn, sn), reference.combined_distance(tn, sn))
     tc, sc = t.contiguous(memory_format=torch.channels_last), s.contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(cpp_backend.distance_map(tc, sc), ref.combined_distance(t, s))
+    torch.testing.assert_close(compiled.distance_map(tc, sc), reference.combined_distance(t, s))
 # The fused anomaly map and loss of every compiled backend: tests/test_backends.py.
 
 
 def test_topk_count_rounds_once_for_every_backend():
     # 0.05 * 6 * 30 is 9.000000000000002 when multiplied left to right: the pixel count is formed first
-    assert ref.topk_count(0.05, 6 * 30) == 9
+    assert reference.topk_count(0.05, 6 * 30) == 9
     t, s = _pair(1, 1, 1, 2)
     heat, score = ops.anomaly_map([t], [s], (6, 30), topk=0.05, backend="reference")
     assert score.item() == pytest.approx(heat.flatten().topk(9).values.mean().item(), rel=1e-6)

@@ -105,6 +105,24 @@ def test_launches_run_under_the_tensors_device(monkeypatch):
     assert entered == [torch.device("cuda", 1)]
 
 
+def test_ops_backend_is_validated_and_reaches_training(monkeypatch):
+    with pytest.raises(ValueError, match="ops_backend"):
+        Detector(image_size=32, weights="random", ops_backend="tpu")
+    used = []
+    real = ops.distill_loss
+    monkeypatch.setattr(ops, "distill_loss", lambda *a, **k: (used.append(k.get("backend")), real(*a, **k))[1])
+    Detector(image_size=32, weights="random", ops_backend="reference").fit(
+        torch.randint(0, 255, (6, 3, 32, 32), dtype=torch.uint8), epochs=1, batch_size=2, progress=False)
+    assert used and set(used) == {"reference"}
+
+
+def test_float64_runs_on_the_reference_and_says_so():
+    t, s = [torch.randn(1, 4, 3, 3, dtype=torch.float64)], [torch.randn(1, 4, 3, 3, dtype=torch.float64)]
+    heat, _ = ops.anomaly_map(t, s, (6, 6), backend="auto")
+    assert heat.dtype == torch.float64 and ops.last_backend()[0] == "reference"
+    assert any("float64" in why for why in ops.last_backend()[1])
+
+
 def test_backend_choice_traces_with_fullgraph():
     """Availability is resolved outside traced code: Dynamo cannot call the extension's pybind functions."""
     def pick(x):

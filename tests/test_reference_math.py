@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from fastmsfd import anomaly_map as ref
 from fastmsfd import ops
+from fastmsfd.ops import reference
 
 from . import brute_force as bf
 
@@ -21,13 +21,13 @@ def _feats(rng, B, C, h, w):
 @pytest.mark.parametrize("alpha,beta", [(1.0, 1.0), (0.0, 1.0), (2.5, 0.0), (0.3, 1.7)])
 def test_combined_distance_matches_brute_force(rng, shape, alpha, beta):
     t, s = _feats(rng, *shape)
-    got = ref.combined_distance(torch.from_numpy(t), torch.from_numpy(s), alpha, beta).numpy()
+    got = reference.combined_distance(torch.from_numpy(t), torch.from_numpy(s), alpha, beta).numpy()
     np.testing.assert_allclose(got, bf.distance(t, s, alpha, beta), rtol=RTOL, atol=ATOL)
 
 
 def test_distance_of_zero_vectors_uses_eps_not_nan():
     z = torch.zeros(1, 4, 2, 2)
-    d = ref.combined_distance(z, z)
+    d = reference.combined_distance(z, z)
     assert torch.isfinite(d).all() and torch.allclose(d, torch.ones_like(d))  # cos term: 1 - 0/eps^2 = 1
 
 
@@ -35,14 +35,14 @@ def test_distance_of_zero_vectors_uses_eps_not_nan():
     (16, 4, 4.0, None), (17, 5, 2.0, None), (7, 7, 0.6, None), (32, 3, 1.0, None),  # tiny sigma: r floor
     (20, 6, 3.0, 2.0), (9, 2, 10.0, 4.0), (5, 1, 1.0, None), (1, 1, 1.0, None), (64, 8, 8.0, 0.0)])
 def test_gaussian_matrix_matches_brute_force(out_len, n, sigma, radius):
-    got = ref.gaussian_matrix(out_len, n, sigma, radius).numpy()
+    got = reference.gaussian_matrix(out_len, n, sigma, radius).numpy()
     want = bf.gaussian(out_len, n, sigma, radius)
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=1e-7)
     np.testing.assert_allclose(got.sum(1), 1.0, rtol=1e-6)
 
 
 def test_gaussian_truncation_and_every_row_sees_a_cell():
-    G = ref.gaussian_matrix(32, 4, sigma=1.0).numpy()  # spacing 8: 3 sigma < half spacing, floor applies
+    G = reference.gaussian_matrix(32, 4, sigma=1.0).numpy()  # spacing 8: 3 sigma < half spacing, floor applies
     assert (G > 0).sum(1).min() >= 1
     # beyond max(3 sigma, spacing/2) = 4 pixels from a centre, the weight is exactly zero
     centres = (np.arange(4) + 0.5) * 8 - 0.5
@@ -51,7 +51,7 @@ def test_gaussian_truncation_and_every_row_sees_a_cell():
 
 
 def test_gaussian_matrix_tiny_sigma_does_not_underflow():
-    G = ref.gaussian_matrix(64, 4, sigma=0.05).numpy()
+    G = reference.gaussian_matrix(64, 4, sigma=0.05).numpy()
     assert np.isfinite(G).all()
     np.testing.assert_allclose(G.sum(1), 1.0, rtol=1e-6)
 
@@ -59,7 +59,7 @@ def test_gaussian_matrix_tiny_sigma_does_not_underflow():
 def test_gaussian_matrix_rejects_bad_sigma():
     for bad in (0.0, -1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="sigma"):
-            ref.gaussian_matrix(8, 2, bad)
+            reference.gaussian_matrix(8, 2, bad)
 
 
 @pytest.mark.parametrize("mode", ["sum", "mean", "max", "product"])
@@ -87,7 +87,7 @@ def test_anomaly_map_matches_brute_force(rng, mode, case):
 
 def test_topk_score_is_mean_of_top_fraction(rng):
     heat = torch.from_numpy(rng.standard_normal((3, 10, 10)).astype(np.float32))
-    got = ref.image_score(heat, topk=0.05)
+    got = reference.image_score(heat, topk=0.05)
     want = np.sort(heat.numpy().reshape(3, -1), axis=1)[:, -5:].mean(1)
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-6)
 
@@ -124,7 +124,8 @@ def test_bilinear_matrix_is_f_interpolate(rng, out_len, n):
     # float64 on both sides: F.interpolate forms its float32 weights with ~1e-5 relative error of its own
     want = torch.nn.functional.interpolate(d.double()[:, None], size=(out_len, out_len + 3), mode="bilinear",
                                            align_corners=False)[:, 0]
-    got = ref.upsample(d.double(), ref.bilinear_matrix(out_len, n), ref.bilinear_matrix(out_len + 3, n + 2))
+    got = reference.upsample(d.double(), reference.bilinear_matrix(out_len, n),
+                             reference.bilinear_matrix(out_len + 3, n + 2))
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)  # our matrix is float32: 1e-7 relative
 
 
@@ -132,7 +133,7 @@ def test_bilinear_anomaly_map_runs_on_the_reference_only(rng):
     t = [torch.from_numpy(a) for a in _feats(rng, 2, 5, 4, 6)]
     s = [torch.from_numpy(a) for a in _feats(rng, 2, 5, 4, 6)]
     heat, score = ops.anomaly_map([t[0]], [s[0]], (16, 24), aggregate="product", upsampling="bilinear")
-    want = torch.nn.functional.interpolate(ref.combined_distance(t[0], s[0])[:, None], size=(16, 24),
+    want = torch.nn.functional.interpolate(reference.combined_distance(t[0], s[0])[:, None], size=(16, 24),
                                            mode="bilinear", align_corners=False)[:, 0]
     torch.testing.assert_close(heat, want, rtol=1e-5, atol=1e-6)
     assert ops.last_backend()[0] == "reference" and "Gaussian" in ops.last_backend()[1][0]
@@ -146,29 +147,29 @@ def test_bilinear_anomaly_map_runs_on_the_reference_only(rng):
 @pytest.mark.parametrize("smooth", [0.0, 1.0, 2.5])
 def test_border_statistics_match_brute_force(rng, N, H, W, smooth):
     # each pixel's own border distance enters, so a map that grows toward the edges is the hard case
-    ring = ref.border_distance(H, W).numpy()
+    ring = reference.border_distance(H, W).numpy()
     maps = (rng.standard_normal((N, H, W)) * (1 + 0.3 * (ring.max() - ring))).astype(np.float32)
-    mean, std = ref.border_statistics(torch.from_numpy(maps), smooth)
+    mean, std = reference.border_statistics(torch.from_numpy(maps), smooth)
     want_mean, want_std = bf.border_statistics(maps, smooth)
     np.testing.assert_allclose(mean.numpy(), want_mean, rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(std.numpy(), want_std, rtol=RTOL, atol=ATOL)
 
 
 def test_border_distance_and_standardize():
-    d = ref.border_distance(4, 5)
+    d = reference.border_distance(4, 5)
     assert d.tolist() == [[0, 0, 0, 0, 0], [0, 1, 1, 1, 0], [0, 1, 1, 1, 0], [0, 0, 0, 0, 0]]
     heat = torch.arange(40, dtype=torch.float32).view(2, 4, 5)
     mean, std = torch.full((4, 5), 3.0), torch.full((4, 5), 2.0)
-    torch.testing.assert_close(ref.standardize(heat, mean, std), (heat - 3) / 2)
+    torch.testing.assert_close(reference.standardize(heat, mean, std), (heat - 3) / 2)
 
 
 def test_border_statistics_standardise_normal_maps_ring_by_ring(rng):
     # maps whose level and spread depend on the distance to the border: after standardising with their own
     # statistics (no pooling), every ring has mean 0 and std 1
-    ring = ref.border_distance(16, 16).numpy()
+    ring = reference.border_distance(16, 16).numpy()
     maps = torch.from_numpy(rng.standard_normal((50, 16, 16)) * (3.0 - 0.3 * ring) + 5.0 * (ring == 0))
-    mean, std = ref.border_statistics(maps.float(), smooth=0)
-    z = ref.standardize(maps, mean, std)
+    mean, std = reference.border_statistics(maps.float(), smooth=0)
+    z = reference.standardize(maps, mean, std)
     for r in range(8):
         sel = z[:, torch.from_numpy(ring == r)]
         assert abs(float(sel.mean())) < 1e-4 and abs(float(sel.std(unbiased=False)) - 1) < 1e-4
@@ -177,7 +178,7 @@ def test_border_statistics_standardise_normal_maps_ring_by_ring(rng):
 def test_border_statistics_floor_a_constant_ring():
     maps = torch.rand(3, 6, 6)
     maps[:, 2:4, 2:4] = 0.5  # the innermost ring never varies: its std is floored, not zero
-    _, std = ref.border_statistics(maps, smooth=0)
-    assert float(std[3, 3]) > 0 and torch.isfinite(ref.standardize(maps, torch.zeros(6, 6), std)).all()
+    _, std = reference.border_statistics(maps, smooth=0)
+    assert float(std[3, 3]) > 0 and torch.isfinite(reference.standardize(maps, torch.zeros(6, 6), std)).all()
     with pytest.raises(ValueError, match="N, H, W"):
-        ref.border_statistics(torch.rand(6, 6))
+        reference.border_statistics(torch.rand(6, 6))

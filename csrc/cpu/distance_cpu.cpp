@@ -1,5 +1,5 @@
 // CPU kernels of the per-layer combined distance and its gradient
-// (reference: fastmsfd/anomaly_map.py::combined_distance).
+// (reference: fastmsfd/ops/reference.py::combined_distance).
 //   d = alpha * ||t - s||^2 / C + beta * (1 - <t,s> / (max(||t||,eps) * max(||s||,eps)))
 // NCHW: the h*w cells of one channel are contiguous, so the channel loop is outermost and the inner loop runs
 // unit-stride over a block of cells (vectorised). NHWC (channels_last, what the channels_last backbones emit):

@@ -1,5 +1,5 @@
 // CPU kernel of the Gaussian receptive-field up-sampling, layer aggregation and image score
-// (reference: fastmsfd/anomaly_map.py::upsample, aggregate, image_score).
+// (reference: fastmsfd/ops/reference.py::upsample, aggregate, image_score).
 // Separable: a column pass (h x w -> h x W) into a small buffer, then a row pass that writes each heatmap row
 // once, with all layers combined while the row is in L1. Only the non-zero band of each Gaussian row is visited.
 #include "upsample_cpu.h"

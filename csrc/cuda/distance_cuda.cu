@@ -1,5 +1,5 @@
 // CUDA kernels of the per-layer combined distance and its gradient
-// (reference: fastmsfd/anomaly_map.py::combined_distance; CPU twin: csrc/cpu/distance_cpu.cpp).
+// (reference: fastmsfd/ops/reference.py::combined_distance; CPU twin: csrc/cpu/distance_cpu.cpp).
 // NCHW: one thread per cell, the channel loop strides by HW, so a warp reads 32 adjacent cells: coalesced.
 // NHWC: one warp per cell, lanes stride over the contiguous channels and reduce with shuffles.
 #include <cuda_bf16.h>

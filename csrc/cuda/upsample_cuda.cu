@@ -1,5 +1,5 @@
 // CUDA kernels of the Gaussian receptive-field up-sampling, layer aggregation and image maximum
-// (reference: fastmsfd/anomaly_map.py::upsample, aggregate, image_score; CPU twin: csrc/cpu/upsample_cpu.cpp).
+// (reference: fastmsfd/ops/reference.py::upsample, aggregate, image_score; CPU twin: csrc/cpu/upsample_cpu.cpp).
 // Column pass per layer into a small (B, h, W) scratch, then one kernel that computes every layer's row product
 // for its output pixel and writes the aggregated heatmap once. Dense dot products (maps are at most 64 cells a
 // side): a NaN/inf anywhere in an image spreads over its whole heatmap exactly as in the dense reference.

@@ -1,112 +1,33 @@
-"""The one dispatcher: validates arguments and picks a backend (reference / cpp / cuda / triton) per device.
+"""fastmsfd.ops: the fused MSFD op and the distillation loss, validated once and dispatched to a backend.
 
 `backend="auto"` picks the fastest available backend for the device and dtype; `backend_status()` tells which
 backends exist here and, for each missing one, why. `last_backend()` names the one the last call used.
+
+    reference.py  the spec in code, plan() (the set-up every backend shares) and the reference backend
+    dispatch.py   Backend records (reference / cpp / cuda / triton) and the choice between them
+    compiled.py   the C++/CUDA ops of fastmsfd._C: wrappers and fake implementations
+    autograd.py   the distance's autograd formula, shared by the compiled and Triton ops
 """
 from __future__ import annotations
 
 import math
 import threading
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
-from . import anomaly_map as ref
+from . import reference
+from .dispatch import BACKENDS, backend_status, select
 
-BACKENDS = ("reference", "cpp", "cuda", "triton")
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _state = threading.local()
 
 
-# ---- backend discovery ---------------------------------------------------------------------------------
-
-def _load_ext():
-    try:
-        from . import cpp_backend
-    except (ImportError, OSError) as exc:  # not built, or built against another torch
-        return f"extension fastmsfd._C not usable ({exc})"
-    if "cpp" not in _IMPLS["anomaly_map"]:
-        for backend in ("cpp", "cuda"):  # one set of wrappers; the op dispatches on the tensors' device
-            register_impl("anomaly_map", backend, cpp_backend.anomaly_map)
-            register_impl("distill_loss", backend, cpp_backend.distill_loss)
-    return None
-
-
-def _cpp_reason(device: torch.device) -> str | None:
-    why = _load_ext()
-    if why:
-        return why
-    if device.type != "cpu":
-        return "cpp runs on CPU tensors only"
-    return None
-
-
-def _cuda_reason(device: torch.device) -> str | None:
-    why = _load_ext()
-    if why:
-        return why
-    from . import cpp_backend
-
-    if not cpp_backend.HAS_CUDA:
-        return "fastmsfd._C was built without CUDA kernels (needs a CUDA build of torch and nvcc at install)"
-    if device.type != "cuda":
-        return "cuda runs on CUDA tensors only"
-    return None
-
-
-def _triton_reason(device: torch.device) -> str | None:
-    import os
-
-    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        return "triton needs CUDA tensors (or TRITON_INTERPRET=1 for testing on the CPU)"
-    try:
-        from .kernels import triton_available
-    except ImportError as exc:
-        return f"fastmsfd.kernels not importable ({exc})"
-    why = triton_available()
-    if why:
-        return why
-    if "triton" not in _IMPLS["anomaly_map"]:
-        from .kernels import anomaly_map as triton_map
-        from .kernels import distance as triton_distance
-
-        register_impl("anomaly_map", "triton", triton_map.anomaly_map)
-        register_impl("distill_loss", "triton", triton_distance.distill_loss)
-    return None
-
-
-_REASONS: dict[str, Callable[[torch.device], str | None]] = {
-    "reference": lambda device: None,
-    "cpp": _cpp_reason,
-    "cuda": _cuda_reason,
-    "triton": _triton_reason,
-}
-# Preference order of "auto" per device type (fastest first).
-_AUTO = {"cpu": ("cpp", "reference"), "cuda": ("cuda", "triton", "reference")}
-
-
-def backend_status(device: str | torch.device = "cpu") -> dict[str, str | None]:
-    """{backend: None if usable on `device`, else the reason it is not}."""
-    device = torch.device(device)
-    return {name: _REASONS[name](device) for name in BACKENDS}
-
-
-def select_backend(backend: str, device: torch.device, op: str) -> tuple[str, list[str]]:
-    """The backend to run and, for "auto", the reasons the faster ones were skipped."""
-    if backend not in ("auto",) + BACKENDS:
-        raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
-    if backend != "auto":
-        why = _REASONS[backend](device)
-        if why:
-            raise RuntimeError(f"backend {backend!r} unavailable for {op} on {device}: {why}")
-        return backend, []
-    skipped = []
-    for name in _AUTO.get(device.type, ("reference",)):
-        why = _REASONS[name](device)
-        if why is None and name in _IMPLS[op]:
-            return name, skipped
-        skipped.append(f"{name}: {why or 'no implementation of ' + op}")
-    return "reference", skipped
+def select_backend(backend: str, device: torch.device, op: str = "anomaly_map",
+                   dtype: torch.dtype = torch.float32) -> tuple[str, list[str]]:
+    """The backend `backend` resolves to for tensors on `device` and, for "auto", why faster ones were skipped."""
+    chosen, skipped = select(backend, device, dtype)
+    return chosen.name, skipped
 
 
 def last_backend() -> tuple[str, list[str]] | None:
@@ -177,31 +98,31 @@ def anomaly_map(teacher_feats: Sequence[torch.Tensor], student_feats: Sequence[t
     n = len(teacher_feats)
     shapes = [tuple(t.shape[-2:]) for t in teacher_feats]
     weights = [_check_finite("layer weight", w) for w in _per_layer(layer_weights, n, "layer_weights", [1.0] * n)]
-    sigmas = _per_layer(sigmas, n, "sigmas", ref.default_sigmas(shapes, (H, W)))
+    sigmas = _per_layer(sigmas, n, "sigmas", reference.default_sigmas(shapes, (H, W)))
     radii = _per_layer(radii, n, "radii", [None] * n)
     for sg in sigmas:
         if sg is None or not math.isfinite(sg) or sg <= 0:
             raise ValueError(f"sigmas must be positive finite numbers, got {sigmas}")
-    if aggregate not in ref.AGGREGATIONS:
-        raise ValueError(f"aggregate must be one of {ref.AGGREGATIONS}, got {aggregate!r}")
+    if aggregate not in reference.AGGREGATIONS:
+        raise ValueError(f"aggregate must be one of {reference.AGGREGATIONS}, got {aggregate!r}")
     if topk is not None and not 0 < topk <= 1:
         raise ValueError(f"topk is a fraction of the heatmap in (0, 1], got {topk}")
     if blur_sigma is not None and (not math.isfinite(blur_sigma) or blur_sigma < 0):
         raise ValueError(f"blur_sigma must be >= 0, got {blur_sigma}")
     alpha, beta = _check_finite("alpha", alpha), _check_finite("beta", beta)
-    if upsampling not in ref.UPSAMPLINGS:
-        raise ValueError(f"upsampling must be one of {ref.UPSAMPLINGS}, got {upsampling!r}")
+    if upsampling not in reference.UPSAMPLINGS:
+        raise ValueError(f"upsampling must be one of {reference.UPSAMPLINGS}, got {upsampling!r}")
+    if upsampling != "gaussian" and backend not in ("auto", "reference"):
+        raise RuntimeError(f"backend {backend!r} implements Gaussian up-sampling only; "
+                           f"upsampling={upsampling!r} runs on backend='reference'")
+    device = teacher_feats[0].device
+    chosen, skipped = select(backend if upsampling == "gaussian" else "reference", device, teacher_feats[0].dtype)
     if upsampling != "gaussian":
-        if backend not in ("auto", "reference"):
-            raise RuntimeError(f"backend {backend!r} implements Gaussian up-sampling only; "
-                               f"upsampling={upsampling!r} runs on backend='reference'")
-        _state.last = ("reference", [f"fused backends: Gaussian up-sampling only, not {upsampling}"])
-        return ref.anomaly_map(teacher_feats, student_feats, (H, W), weights, alpha, beta, sigmas, radii, aggregate,
-                               topk, blur_sigma or None, upsampling=upsampling)
-    name, skipped = select_backend(backend, teacher_feats[0].device, "anomaly_map")
-    _state.last = (name, skipped)
-    return _IMPLS["anomaly_map"][name](teacher_feats, student_feats, (H, W), weights, alpha, beta, sigmas, radii,
-                                       aggregate, topk, blur_sigma or None)
+        skipped = [f"fused backends: Gaussian up-sampling only, not {upsampling}"]
+    _state.last = (chosen.name, skipped)
+    plan = reference.plan(shapes, (H, W), weights, sigmas, radii, aggregate, topk, blur_sigma or None, device,
+                          upsampling)
+    return chosen.load().run(teacher_feats, student_feats, plan, alpha, beta)
 
 
 def distill_loss(teacher_feats: Sequence[torch.Tensor], student_feats: Sequence[torch.Tensor],
@@ -215,22 +136,12 @@ def distill_loss(teacher_feats: Sequence[torch.Tensor], student_feats: Sequence[
     n = len(teacher_feats)
     weights = [_check_finite("layer weight", w) for w in _per_layer(layer_weights, n, "layer_weights", [1.0] * n)]
     alpha, beta = _check_finite("alpha", alpha), _check_finite("beta", beta)
-    name, skipped = select_backend(backend, teacher_feats[0].device, "distill_loss")
-    _state.last = (name, skipped)
+    chosen, skipped = select(backend, teacher_feats[0].device, teacher_feats[0].dtype)
+    _state.last = (chosen.name, skipped)
     teacher_feats = [t.detach() for t in teacher_feats]
-    return _IMPLS["distill_loss"][name](teacher_feats, student_feats, alpha, beta, weights)
+    return reference.distill_loss(teacher_feats, student_feats, alpha, beta, weights,
+                                  distance=chosen.load().layer_distance)
 
 
-def _ref_distill(teacher_feats, student_feats, alpha, beta, weights):
-    return ref.distill_loss(teacher_feats, student_feats, alpha, beta, weights)
-
-
-_IMPLS: dict[str, dict[str, Callable]] = {
-    "anomaly_map": {"reference": ref.anomaly_map},
-    "distill_loss": {"reference": _ref_distill},
-}
-
-
-def register_impl(op: str, backend: str, fn: Callable) -> None:
-    """Backends register their implementation here when their module imports."""
-    _IMPLS[op][backend] = fn
+__all__ = ["BACKENDS", "FLOAT_DTYPES", "anomaly_map", "backend_status", "distill_loss", "last_backend",
+           "select_backend"]

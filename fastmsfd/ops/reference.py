@@ -1,11 +1,14 @@
 """The reference PyTorch math of MSFD's fused op: the spec in code (DESIGN.md "The fused op").
 
-Every other backend (C++, CUDA, Triton) is tested against the functions here. Clarity over speed.
+Every other backend (C++, CUDA, Triton) is tested against the functions here. Clarity over speed. plan() is the
+set-up every backend shares (up-sampling matrices with the final blur folded in where it can be, the blur left
+for after aggregation where it cannot, the top-k pixel count); run() is the reference backend itself.
 """
 from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -137,34 +140,77 @@ def image_score(heat: torch.Tensor, topk: float | None = None) -> torch.Tensor:
     return flat.topk(k, dim=1).values.mean(dim=1)
 
 
+@dataclass(frozen=True)
+class Plan:
+    """Everything a backend needs besides the features, computed once from shapes and parameters."""
+    g_rows: tuple[torch.Tensor, ...]     # per layer, (H, h_l) float32; the final blur folded in for sum/mean
+    g_cols: tuple[torch.Tensor, ...]     # per layer, (W, w_l)
+    weights: tuple[float, ...]
+    mode: str                            # one of AGGREGATIONS
+    blur_rows: torch.Tensor | None       # the final blur of max/product (it cannot fold): after aggregation
+    blur_cols: torch.Tensor | None
+    topk: float | None                   # score: the maximum (None) or the mean of this fraction of the pixels
+    topk_count: int                      # that fraction as a pixel count, rounded once for every backend; 0: max
+
+    @property
+    def out_size(self) -> tuple[int, int]:
+        return self.g_rows[0].shape[0], self.g_cols[0].shape[0]
+
+    @property
+    def mode_index(self) -> int:
+        return AGGREGATIONS.index(self.mode)
+
+
+def plan(shapes: Sequence[tuple[int, int]], out_size: tuple[int, int], layer_weights: Sequence[float],
+         sigmas: Sequence[float], radii: Sequence[float | None], aggregate_mode: str, topk: float | None = None,
+         blur_sigma: float | None = None, device: torch.device | str = "cpu", upsampling: str = "gaussian") -> Plan:
+    """The shared set-up of the fused op for layers of these (h, w) shapes. Arguments already validated."""
+    H, W = out_size
+    fold = aggregate_mode in ("sum", "mean")
+    mats = upsampling_matrices(shapes, out_size, sigmas, radii, blur_sigma, fold, device, upsampling)
+    post_blur = bool(blur_sigma) and not fold
+    return Plan(tuple(m[0] for m in mats), tuple(m[1] for m in mats), tuple(float(w) for w in layer_weights),
+                aggregate_mode, gaussian_matrix(H, H, blur_sigma, None, device) if post_blur else None,
+                gaussian_matrix(W, W, blur_sigma, None, device) if post_blur else None, topk,
+                0 if topk is None else topk_count(topk, H * W))
+
+
+def run(teacher_feats: Sequence[torch.Tensor], student_feats: Sequence[torch.Tensor], p: Plan, alpha: float,
+        beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference backend: heatmap (B, H, W) float32 (float64 for float64 features) and image score (B,)."""
+    maps = [upsample(combined_distance(t, s, alpha, beta), gr, gc)
+            for t, s, gr, gc in zip(teacher_feats, student_feats, p.g_rows, p.g_cols)]
+    heat = aggregate(maps, p.weights, p.mode)
+    if p.blur_rows is not None:
+        heat = upsample(heat, p.blur_rows, p.blur_cols)
+    return heat, image_score(heat, p.topk)
+
+
+def layer_distance(t: torch.Tensor, s: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
+    """d_l for the distillation loss, differentiable with respect to s (torch's autograd)."""
+    return combined_distance(t, s, alpha, beta)
+
+
 def anomaly_map(teacher_feats: Sequence[torch.Tensor], student_feats: Sequence[torch.Tensor],
                 out_size: tuple[int, int], layer_weights: Sequence[float], alpha: float, beta: float,
                 sigmas: Sequence[float], radii: Sequence[float | None], aggregate_mode: str,
                 topk: float | None = None, blur_sigma: float | None = None,
-                distance=combined_distance, upsampling: str = "gaussian") -> tuple[torch.Tensor, torch.Tensor]:
-    """The full fused op, unfused: heatmap (B, H, W) float32 and image score (B,). Arguments already validated.
-    `distance` lets a backend substitute its own per-layer distance kernel for combined_distance."""
-    shapes = [tuple(t.shape[-2:]) for t in teacher_feats]
-    fold = aggregate_mode in ("sum", "mean")
-    mats = upsampling_matrices(shapes, out_size, sigmas, radii, blur_sigma, fold, teacher_feats[0].device,
-                               upsampling)
-    maps = [upsample(distance(t, s, alpha, beta), gr, gc)
-            for t, s, (gr, gc) in zip(teacher_feats, student_feats, mats)]
-    heat = aggregate(maps, layer_weights, aggregate_mode)
-    if blur_sigma and not fold:
-        H, W = out_size
-        heat = upsample(heat, gaussian_matrix(H, H, blur_sigma, None, heat.device),
-                        gaussian_matrix(W, W, blur_sigma, None, heat.device))
-    return heat, image_score(heat, topk)
+                upsampling: str = "gaussian") -> tuple[torch.Tensor, torch.Tensor]:
+    """The full fused op, unfused, from its parameters: plan() then run(). Arguments already validated."""
+    p = plan([tuple(t.shape[-2:]) for t in teacher_feats], out_size, layer_weights, sigmas, radii, aggregate_mode,
+             topk, blur_sigma, teacher_feats[0].device, upsampling)
+    return run(teacher_feats, student_feats, p, alpha, beta)
 
 
 def distill_loss(teacher_feats: Sequence[torch.Tensor], student_feats: Sequence[torch.Tensor],
-                 alpha: float, beta: float, layer_weights: Sequence[float] | None = None) -> torch.Tensor:
-    """sum_l w_l * mean over batch and cells of d_l; differentiable with respect to the student features."""
+                 alpha: float, beta: float, layer_weights: Sequence[float] | None = None,
+                 distance=layer_distance) -> torch.Tensor:
+    """sum_l w_l * mean over batch and cells of d_l; differentiable with respect to the student features.
+    The one loss loop: a backend passes its own differentiable per-layer `distance`."""
     weights = layer_weights if layer_weights is not None else [1.0] * len(teacher_feats)
     total = None
     for w, t, s in zip(weights, teacher_feats, student_feats):
-        term = w * combined_distance(t, s, alpha, beta).mean()
+        term = w * distance(t, s, alpha, beta).mean()
         total = term if total is None else total + term
     return total
 
