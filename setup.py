@@ -30,7 +30,8 @@ def extensions():
     use_cuda = torch.version.cuda is not None and CUDA_HOME is not None and (
         torch.cuda.is_available() or os.environ.get("FORCE_CUDA") == "1")
     if use_cuda:
-        ext = CUDAExtension("fastmsfd._C", sources + sorted(glob.glob("csrc/cuda/*.cu")),
+        cuda_sources = sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp"))  # kernels + registration
+        ext = CUDAExtension("fastmsfd._C", sources + cuda_sources,
                             define_macros=[("FASTMSFD_WITH_CUDA", None)],
                             extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]},
                             extra_link_args=["-fopenmp"])

@@ -7,7 +7,7 @@ small d_l, C_l times smaller than the features), then ONE kernel for all layers 
 once: per tile, G_rows[tile] @ d_l @ G_cols[tile]^T for every layer with fp32 `tl.dot` (IEEE precision, not TF32)
 and the aggregation in registers. The image maximum comes from the per-tile maxima; a top-k mean uses torch.topk
 on the heatmap (a selection over the whole image). The final blur of max/product aggregation (it cannot fold into
-G) is two torch matmuls. Up to 4 layers.
+G) is two torch matmuls. Up to 4 layers a launch; 5-8 (reference.MAX_LAYERS) run as two launches combined.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from fastmsfd.ops.reference import AGGREGATIONS  # MODE is an index into it
 
 from . import distance as _distance
 
-MAX_LAYERS = 4
+SLOTS = 4  # layers one kernel launch aggregates; more run as several launches combined after (same result)
 # Heatmap tile per program; the CPU interpreter (per-program cost) gets larger tiles. Same kernel code;
 # scripts/compile_triton.py compiles both for the GPU.
 GPU_BLOCK, INTERPRETER_BLOCK = 32, 64
@@ -82,17 +82,10 @@ def _upsample_aggregate_kernel(heat_ptr, tile_max_ptr, H, W,
     tl.store(tile_max_ptr + (b * tl.num_programs(1) + ty) * tl.num_programs(2) + tx, tile_max)
 
 
-@torch.library.triton_op("fastmsfd_triton::anomaly_map", mutates_args={})
-def fused_anomaly_map(teacher: list[torch.Tensor], student: list[torch.Tensor], g_rows: list[torch.Tensor],
-                      g_cols: list[torch.Tensor], weights: list[float], alpha: float, beta: float, mode: int,
-                      blur_rows: torch.Tensor | None, blur_cols: torch.Tensor | None,
-                      topk_count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """heat (B, H, W) float32 and score (B,): the max when topk_count == 0, else the mean of the topk_count largest.
-    The same schema as the C++/CUDA op fastmsfd::anomaly_map. blur_rows/blur_cols: the final blur of max/product
-    aggregation, applied after the kernel (two matmuls)."""
+def _launch(teacher, student, g_rows, g_cols, weights, alpha, beta, mode, H, W):
+    """One kernel launch over up to SLOTS layers: (heat (B, H, W), per-tile maxima)."""
     L = len(teacher)
     B, device = teacher[0].shape[0], teacher[0].device
-    H, W = g_rows[0].shape[0], g_cols[0].shape[0]
     args = []
     wps = []
     for t, s, gr, gc, wgt in zip(teacher, student, g_rows, g_cols, weights):
@@ -101,7 +94,7 @@ def fused_anomaly_map(teacher: list[torch.Tensor], student: list[torch.Tensor], 
         args += [d, gr.to(device=device, dtype=torch.float32).contiguous(),
                  gc.to(device=device, dtype=torch.float32).contiguous(), t.shape[2], t.shape[3], float(wgt)]
         wps.append(max(16, triton.next_power_of_2(t.shape[3])))
-    while len(wps) < MAX_LAYERS:  # unused layer slots: never read (NUM_LAYERS is a compile-time constant)
+    while len(wps) < SLOTS:  # unused layer slots: never read (NUM_LAYERS is a compile-time constant)
         args += args[:6]
         wps.append(wps[0])
     heat = torch.empty((B, H, W), device=device, dtype=torch.float32)
@@ -111,10 +104,36 @@ def fused_anomaly_map(teacher: list[torch.Tensor], student: list[torch.Tensor], 
         torch.library.wrap_triton(_upsample_aggregate_kernel)[grid](
             heat, tile_max, H, W, *args, NUM_LAYERS=L, MODE=mode, WP0=wps[0], WP1=wps[1], WP2=wps[2], WP3=wps[3],
             BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W, BLOCK_K=BLOCK_K)
-    if blur_rows is None and topk_count == 0:
+    return heat, tile_max
+
+
+@torch.library.triton_op("fastmsfd_triton::anomaly_map", mutates_args={})
+def fused_anomaly_map(teacher: list[torch.Tensor], student: list[torch.Tensor], g_rows: list[torch.Tensor],
+                      g_cols: list[torch.Tensor], weights: list[float], alpha: float, beta: float, mode: int,
+                      blur_rows: torch.Tensor | None, blur_cols: torch.Tensor | None,
+                      topk_count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """heat (B, H, W) float32 and score (B,): the max when topk_count == 0, else the mean of the topk_count largest.
+    The same schema as the C++/CUDA op fastmsfd::anomaly_map. blur_rows/blur_cols: the final blur of max/product
+    aggregation, applied after the kernel (two matmuls)."""
+    L, B = len(teacher), teacher[0].shape[0]
+    H, W = g_rows[0].shape[0], g_cols[0].shape[0]
+    if L <= SLOTS:
+        heat, tile_max = _launch(teacher, student, g_rows, g_cols, weights, alpha, beta, mode, H, W)
+    else:  # groups of SLOTS layers; mean is a sum divided once at the end
+        group_mode = 0 if mode == 1 else mode
+        combine = {0: torch.add, 2: torch.maximum, 3: torch.mul}[group_mode]  # torch.maximum propagates NaN
+        heat = None
+        for i in range(0, L, SLOTS):
+            part = _launch(teacher[i:i + SLOTS], student[i:i + SLOTS], g_rows[i:i + SLOTS], g_cols[i:i + SLOTS],
+                           weights[i:i + SLOTS], alpha, beta, group_mode, H, W)[0]
+            heat = part if heat is None else combine(heat, part)
+        if mode == 1:
+            heat = heat / L
+        tile_max = None
+    if blur_rows is None and topk_count == 0 and tile_max is not None:
         return heat, tile_max.reshape(B, -1).amax(dim=1)
     if blur_rows is not None:
-        heat = blur_rows.to(device) @ heat @ blur_cols.to(device).T
+        heat = blur_rows.to(heat.device) @ heat @ blur_cols.to(heat.device).T
     flat = heat.reshape(B, H * W)
     if topk_count == 0:
         return heat, flat.amax(dim=1)
@@ -123,9 +142,6 @@ def fused_anomaly_map(teacher: list[torch.Tensor], student: list[torch.Tensor], 
 
 def run(teacher_feats, student_feats, p, alpha: float, beta: float):
     """Backend "triton": the fused op for a reference.Plan (CUDA tensors, or the CPU under TRITON_INTERPRET=1)."""
-    if len(teacher_feats) > MAX_LAYERS:
-        raise ValueError(f"the Triton anomaly map takes at most {MAX_LAYERS} layers, got {len(teacher_feats)}; "
-                         "use backend='cuda' or 'reference'")
     return fused_anomaly_map(list(teacher_feats), list(student_feats), list(p.g_rows), list(p.g_cols),
                              list(p.weights), float(alpha), float(beta), p.mode_index, p.blur_rows, p.blur_cols,
                              p.topk_count)
@@ -148,12 +164,12 @@ def aot_specs():
     All layer counts and aggregation modes at 256 px (WP, a layer's padded width: 64/32/16); the other block
     configuration and 512 px widths for the default sum of three layers."""
     layer = dict(d="*fp32", gr="*fp32", gc="*fp32", h="i32", w="i32", k="fp32")
-    configs = [(GPU_BLOCK, n, mode, (64, 32, 16, 16)) for n in range(1, MAX_LAYERS + 1) for mode in range(4)]
+    configs = [(GPU_BLOCK, n, mode, (64, 32, 16, 16)) for n in range(1, SLOTS + 1) for mode in range(4)]
     configs += [(INTERPRETER_BLOCK, 3, 0, (64, 32, 16, 16)), (GPU_BLOCK, 3, 0, (128, 64, 32, 16))]
     for block, n_layers, mode, widths in configs:
-        wps = widths[:n_layers] + (widths[0],) * (MAX_LAYERS - n_layers)  # unused slots repeat layer 0
+        wps = widths[:n_layers] + (widths[0],) * (SLOTS - n_layers)  # unused slots repeat layer 0
         sig = dict(heat_ptr="*fp32", tile_max_ptr="*fp32", H="i32", W="i32")
-        for i in range(MAX_LAYERS):
+        for i in range(SLOTS):
             sig.update({f"{k}{i}": v for k, v in layer.items()})
         consts = dict(NUM_LAYERS=n_layers, MODE=mode, WP0=wps[0], WP1=wps[1], WP2=wps[2], WP3=wps[3],
                       BLOCK_H=block, BLOCK_W=block, BLOCK_K=BLOCK_K)

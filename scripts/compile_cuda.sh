@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Catch CUDA compile errors on machines without a GPU:
 #  1. nvcc -c every csrc/cuda/*.cu (raw-pointer launchers, no torch headers) for sm_80 and sm_90;
-#  2. compile the CUDA half of the registration file (csrc/ops.cpp with FASTMSFD_WITH_CUDA) for syntax against
-#     the installed torch's headers and the CUDA toolkit's (a CPU torch lacks one generated header: stubbed).
+#  2. compile the CUDA registration (csrc/cuda/*.cpp, TORCH_LIBRARY_IMPL CUDA) and csrc/ops.cpp with
+#     FASTMSFD_WITH_CUDA for syntax against the installed torch's headers and the CUDA toolkit's (a CPU torch
+#     lacks one generated header: stubbed).
 # Objects go to a temp folder and are thrown away.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,9 +27,11 @@ import sysconfig, torch.utils.cpp_extension as e
 print(e.include_paths()[0], sysconfig.get_paths()['include'])")  # torch ships the pybind11 headers
   mkdir -p "$out/stub/c10/cuda/impl"
   [ -f "$torch_inc/c10/cuda/impl/cuda_cmake_macros.h" ] || echo '#pragma once' > "$out/stub/c10/cuda/impl/cuda_cmake_macros.h"
-  g++ -std=c++20 -fsyntax-only -Wno-c++20-extensions -DFASTMSFD_WITH_CUDA -I"$out/stub" -I"$torch_inc" \
-    -I"$torch_inc/torch/csrc/api/include" -I"$cuda_inc" -I"$py_inc" csrc/ops.cpp
-  echo "compile_cuda: csrc/ops.cpp CUDA registration path compiles"
+  for f in csrc/ops.cpp csrc/cuda/*.cpp; do
+    g++ -std=c++20 -fsyntax-only -Wno-c++20-extensions -DFASTMSFD_WITH_CUDA -I"$out/stub" -I"$torch_inc" \
+      -I"$torch_inc/torch/csrc/api/include" -I"$cuda_inc" -I"$py_inc" -Icsrc "$f"
+  done
+  echo "compile_cuda: the CUDA registration (csrc/cuda/*.cpp) and csrc/ops.cpp with CUDA compile"
 else
   echo "compile_cuda: skipped the csrc/ops.cpp CUDA syntax check (no venv python or CUDA headers)"
 fi

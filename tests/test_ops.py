@@ -43,6 +43,7 @@ def test_unavailable_backend_raises_with_reason():
     (lambda t, s: ([t], [s[:, :2]]), "same"),
     (lambda t, s: ([t], [s.half()]), "dtype"),
     (lambda t, s: ([t], []), "number"),
+    (lambda t, s: ([t] * 9, [s] * 9), "at most 8 layers"),
     (lambda t, s: ([t.long()], [s.long()]), "dtype"),
     (lambda t, s: ([t[0]], [s[0]]), "same"),
     (lambda t, s: ([t, t[:1]], [s, s[:1]]), "batch"),

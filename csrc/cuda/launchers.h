@@ -8,7 +8,7 @@
 
 namespace fastmsfd {
 namespace cuda {
-constexpr int kMaxLayers = 8;
+// kMaxLayers (types.h), the op's layer cap, sizes the arrays below.
 
 // Per-cell combined distance (B, C, HW) -> out (B, HW) float32; stats (nullable) as in the CPU kernel.
 int distance_forward(const void* t, const void* s, DType dtype, Layout layout, int64_t B, int64_t C, int64_t HW,

@@ -43,6 +43,8 @@ def _check_feats(teacher_feats, student_feats) -> None:
     if len(teacher_feats) == 0 or len(teacher_feats) != len(student_feats):
         raise ValueError(f"need the same number (>= 1) of teacher and student layers, "
                          f"got {len(teacher_feats)} and {len(student_feats)}")
+    if len(teacher_feats) > reference.MAX_LAYERS:
+        raise ValueError(f"at most {reference.MAX_LAYERS} layers (every backend's cap), got {len(teacher_feats)}")
     batch, device = None, teacher_feats[0].device
     for i, (t, s) in enumerate(zip(teacher_feats, student_feats)):
         if t.dim() != 4 or t.shape != s.shape:

@@ -15,6 +15,8 @@ import torch
 
 EPS = 1e-6
 AGGREGATIONS = ("sum", "mean", "max", "product")
+# Layers one call takes, in every backend (the CUDA launcher's fixed arrays; Triton runs groups of its slots).
+MAX_LAYERS = 8
 # "gaussian": MSFD's receptive-field up-sampling (DESIGN.md). "bilinear": what STPM-style baselines use
 # (F.interpolate, align_corners=False), kept as a separable matrix too so it shares all the code; for ablations.
 UPSAMPLINGS = ("gaussian", "bilinear")
