@@ -4,6 +4,7 @@
     anomaly_map.py   up-sampling + aggregation of all layers in one kernel, image score: run(), the backend
                      "triton" of fastmsfd/ops/dispatch.py (with distance.layer_distance for the loss)
 
-They are registered with torch.library.triton_op (namespace fastmsfd_triton) so torch.compile and export see them.
+They are registered with torch.library.triton_op in the C++ ops' namespace with a triton_ prefix and the same
+schemas (fastmsfd::triton_anomaly_map beside fastmsfd::anomaly_map), so torch.compile and export see them.
 On a CPU they run only under TRITON_INTERPRET=1 (set before this package is imported), for testing.
 """

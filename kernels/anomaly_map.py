@@ -107,7 +107,7 @@ def _launch(teacher, student, g_rows, g_cols, weights, alpha, beta, mode, H, W):
     return heat, tile_max
 
 
-@torch.library.triton_op("fastmsfd_triton::anomaly_map", mutates_args={})
+@torch.library.triton_op("fastmsfd::triton_anomaly_map", mutates_args={})
 def fused_anomaly_map(teacher: list[torch.Tensor], student: list[torch.Tensor], g_rows: list[torch.Tensor],
                       g_cols: list[torch.Tensor], weights: list[float], alpha: float, beta: float, mode: int,
                       blur_rows: torch.Tensor | None, blur_cols: torch.Tensor | None,

@@ -114,7 +114,7 @@ def launch_distance(t: torch.Tensor, s: torch.Tensor, alpha: float, beta: float,
             float(beta), WRITE_STATS=stats is not None, BLOCK_CELLS=BLOCK_CELLS, BLOCK_C=BLOCK_C)
 
 
-@torch.library.triton_op("fastmsfd_triton::distance_forward", mutates_args={})
+@torch.library.triton_op("fastmsfd::triton_distance_forward", mutates_args={})
 def distance_forward(t: torch.Tensor, s: torch.Tensor, alpha: float, beta: float
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """(d (B, h, w) float32, stats (B, h, w, 4) float32) in one pass over the features."""
@@ -125,7 +125,7 @@ def distance_forward(t: torch.Tensor, s: torch.Tensor, alpha: float, beta: float
     return out, stats
 
 
-@torch.library.triton_op("fastmsfd_triton::distance_map", mutates_args={})
+@torch.library.triton_op("fastmsfd::triton_distance_map", mutates_args={})
 def distance_map(t: torch.Tensor, s: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
     """d (B, h, w) float32 without the statistics the backward needs (inference)."""
     B, C, h, w = t.shape
@@ -134,7 +134,7 @@ def distance_map(t: torch.Tensor, s: torch.Tensor, alpha: float, beta: float) ->
     return out
 
 
-@torch.library.triton_op("fastmsfd_triton::distance_backward", mutates_args={})
+@torch.library.triton_op("fastmsfd::triton_distance_backward", mutates_args={})
 def distance_backward(grad_d: torch.Tensor, t: torch.Tensor, s: torch.Tensor, stats: torch.Tensor, alpha: float,
                       beta: float) -> torch.Tensor:
     """d/ds of sum(grad_d * d), in s's dtype and layout."""
@@ -149,7 +149,7 @@ def distance_backward(grad_d: torch.Tensor, t: torch.Tensor, s: torch.Tensor, st
     return grad_s
 
 
-register_distance_autograd("fastmsfd_triton::distance_forward", distance_backward)
+register_distance_autograd("fastmsfd::triton_distance_forward", distance_backward)
 
 
 def layer_distance(t: torch.Tensor, s: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:

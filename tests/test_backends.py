@@ -194,25 +194,43 @@ def test_ops_pass_opcheck(backend):
     if backend == "triton":
         import fastmsfd.kernels.anomaly_map  # noqa: F401  (registers the triton_ops)
 
-        f = torch.ops.fastmsfd_triton
+        prefix = "triton_"  # one namespace: fastmsfd::triton_<op> beside the C++ fastmsfd::<op>, same schema
     else:
         from fastmsfd.ops import compiled  # noqa: F401  (fake implementations and autograd)
 
-        f = torch.ops.fastmsfd
+        prefix = ""
+
+    def op(name):
+        return getattr(torch.ops.fastmsfd, prefix + name)
     checks = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
     if backend == "triton" and DEVICE == "cpu":
         # AOT dispatch lowers a triton_op to the kernel itself, which the CPU interpreter would then run on fake
         # tensors; on a GPU (scripts/gpu_check.sh) the full opcheck runs.
         checks = checks[:3]
     opcheck = functools.partial(torch.library.opcheck, test_utils=checks)
-    opcheck(f.distance_map.default, (T[0], S[0], 1.0, 1.0))
-    d, stats = f.distance_forward(T[0], S[0].requires_grad_(), 1.0, 1.0)
-    opcheck(f.distance_forward.default, (T[0], S[0], 1.0, 1.0))
-    opcheck(f.distance_backward.default,
+    opcheck(op("distance_map").default, (T[0], S[0], 1.0, 1.0))
+    d, stats = op("distance_forward")(T[0], S[0].requires_grad_(), 1.0, 1.0)
+    opcheck(op("distance_forward").default, (T[0], S[0], 1.0, 1.0))
+    opcheck(op("distance_backward").default,
             (torch.rand_like(d), T[0], S[0].detach(), stats.detach(), 1.0, 1.0))
     for mode in range(4):
         # one schema for both: ... mode, blur_rows, blur_cols, topk_count
-        opcheck(f.anomaly_map.default, (T, [s.detach() for s in S], g, gc, [1.0, 0.5], 1.0, 1.0, mode, None, None, 3))
+        opcheck(op("anomaly_map").default, (T, [s.detach() for s in S], g, gc, [1.0, 0.5], 1.0, 1.0, mode, None, None,
+                                            3))
+
+
+def test_triton_and_cpp_ops_share_one_namespace_and_schema():
+    pytest.importorskip("triton")
+    import fastmsfd.kernels.anomaly_map  # noqa: F401
+    from fastmsfd.ops import compiled  # noqa: F401
+
+    for name in ("distance_map", "distance_forward", "distance_backward", "anomaly_map"):
+        cpp, tri = getattr(torch.ops.fastmsfd, name).default, getattr(torch.ops.fastmsfd, "triton_" + name).default
+        # the arguments and returns; Python's schema inference writes int as SymInt (the same Python int here)
+        def args(schema):
+            return str(schema).split("(", 1)[1].replace("SymInt", "int")
+
+        assert args(cpp._schema) == args(tri._schema), name
 
 
 @backend_param
