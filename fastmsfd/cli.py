@@ -387,8 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default: %(default)s)")
     p.add_argument("--score-topk", type=float, default=0.01, help="image score: mean of the top fraction")
     _add_map_norm_arg(p)
-    # flips: the demo's textures look the same mirrored; over three seeds they keep the mean image AUROC (0.962)
-    # and narrow its range from 0.948-0.978 to 0.960-0.965 (docs/defaults.md, "Border calibration")
+    # flips: the demo's textures look the same mirrored; over three seeds they keep the mean image AUROC and
+    # narrow its range (docs/defaults.md, "Border calibration")
     p.add_argument("--augment", default="flip", choices=["none", "flip", "dihedral"],
                    help="random flips (and 90-degree turns) of the normal images while training "
                         "(default: %(default)s)")
