@@ -5,14 +5,14 @@ Errors are one clear line on stderr and a non-zero exit code, never a traceback 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import os
 import shlex
 import sys
 import time
 from pathlib import Path
+
+from .report import fmt, write_csv, write_text
 
 DESCRIPTION = """Fast Multi-Scale Feature Distillation anomaly detection.
 
@@ -84,16 +84,6 @@ def _fit(det, data, args, state_path=None, resume=False):
                    resume=resume)
 
 
-def _fmt(v) -> str:
-    return "n/a" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    from .checkpoint import atomic_write_bytes
-
-    atomic_write_bytes(path, text.encode())
-
-
 def _write_overlays(result, out_dir: Path, threshold: float, limit: int = 8) -> int:
     """Overlays for the most anomalous images of each defect type and for the highest-scoring good ones."""
     import numpy as np
@@ -135,30 +125,27 @@ def cmd_demo(args) -> int:
         det.save(out / cat.name / "model.fastmsfd")
         res = evaluate_category(det, cat)
         n = _write_overlays(res, out / cat.name / "overlays", float(det.threshold), limit=3)
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(["path", "defect", "score", "predicted_anomalous"])
-        for s, score in zip(res.samples, res.scores):
-            w.writerow([s.path, s.defect, f"{score:.6f}", bool(score > float(det.threshold))])
-        _write_text_atomic(out / cat.name / "scores.csv", buf.getvalue())
+        write_csv(out / cat.name / "scores.csv", ["path", "defect", "score", "predicted_anomalous"],
+                  [[s.path, s.defect, f"{score:.6f}", bool(score > float(det.threshold))]
+                   for s, score in zip(res.samples, res.scores)])
         rows.append(dict(category=cat.name, fit_seconds=round(fit_s, 1), epochs=len(det.history.val_loss),
                          threshold=float(det.threshold), resolution=res.resolution, **res.metrics))
-        print(f"  {cat.name}: image AUROC {_fmt(res.metrics['image_auroc'])}, pixel AUROC "
-              f"{_fmt(res.metrics['pixel_auroc'])}, AUPRO {_fmt(res.metrics['aupro'])}, fit {fit_s:.0f}s, "
+        print(f"  {cat.name}: image AUROC {fmt(res.metrics['image_auroc'])}, pixel AUROC "
+              f"{fmt(res.metrics['pixel_auroc'])}, AUPRO {fmt(res.metrics['aupro'])}, fit {fit_s:.0f}s, "
               f"{n} overlays")
     keys = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "f1_at_threshold")
     mean = {k: sum(r[k] for r in rows) / len(rows) for k in keys if all(r[k] is not None for r in rows)}
     summary = {"categories": rows, "mean": mean, "image_size": args.image_size, "epochs_max": args.epochs,
                "seed": args.seed, "lr": args.lr, "augment": args.augment, "map_norm": args.map_norm}
-    _write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
+    write_text(out / "summary.json", json.dumps(summary, indent=2))
     lines = ["| category | image AUROC | pixel AUROC | AUPRO | F1-max | fit s |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['category']} | {_fmt(r['image_auroc'])} | {_fmt(r['pixel_auroc'])} | {_fmt(r['aupro'])} | "
-              f"{_fmt(r['f1_max'])} | {r['fit_seconds']} |" for r in rows]
-    lines.append(f"| mean | {_fmt(mean.get('image_auroc'))} | {_fmt(mean.get('pixel_auroc'))} | "
-                 f"{_fmt(mean.get('aupro'))} | {_fmt(mean.get('f1_max'))} | "
+    lines += [f"| {r['category']} | {fmt(r['image_auroc'])} | {fmt(r['pixel_auroc'])} | {fmt(r['aupro'])} | "
+              f"{fmt(r['f1_max'])} | {r['fit_seconds']} |" for r in rows]
+    lines.append(f"| mean | {fmt(mean.get('image_auroc'))} | {fmt(mean.get('pixel_auroc'))} | "
+                 f"{fmt(mean.get('aupro'))} | {fmt(mean.get('f1_max'))} | "
                  f"{sum(r['fit_seconds'] for r in rows):.1f} |")
     table = "\n".join(lines)
-    _write_text_atomic(out / "summary.md", f"Evaluated at {args.image_size}x{args.image_size}.\n\n{table}\n")
+    write_text(out / "summary.md", f"Evaluated at {args.image_size}x{args.image_size}.\n\n{table}\n")
     print(table)
     print(f"wrote {out / 'summary.json'}, {out / 'summary.md'}, overlays and models under {out}/")
     return 0
@@ -230,14 +217,9 @@ def cmd_predict(args) -> int:
                                  None if pred.masks is None else pred.masks[j].numpy())
         bar.update(len(chunk))
     bar.close()
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["path", "score", "anomalous", "error"])
-    for p, score, label in rows:
-        w.writerow([p, f"{score:.6f}", "" if label is None else label, ""])
-    for p, err in bad:
-        w.writerow([p, "", "", err])
-    _write_text_atomic(out / "scores.csv", buf.getvalue())
+    write_csv(out / "scores.csv", ["path", "score", "anomalous", "error"],
+              [[p, f"{score:.6f}", "" if label is None else label, ""] for p, score, label in rows] +
+              [[p, "", "", err] for p, err in bad])
     n_anom = sum(1 for _, _, lab in rows if lab)
     print(f"{len(rows)} images scored ({n_anom} anomalous at threshold {thr:.4g}), {len(bad)} unreadable; "
           f"wrote {out / 'scores.csv'}")
@@ -298,7 +280,7 @@ def cmd_eval(args) -> int:
         entries.append(category_entry(res, fit_s, dict(epochs_run=epochs, layout=cat.kind, n_train=len(cat.train),
                                                        runtime=det.runtime, precision=det.config["precision"])))
         configs[cat.name] = {k: v for k, v in det.config.items() if k != "layers"} | {"layers": det.config["layers"]}
-        print(f"{cat.name} ({res.resolution}): " + ", ".join(f"{k} {_fmt(v)}" for k, v in res.metrics.items()) +
+        print(f"{cat.name} ({res.resolution}): " + ", ".join(f"{k} {fmt(v)}" for k, v in res.metrics.items()) +
               ("" if fit_s is None else f", fit {fit_s:.0f}s") + f", eval {res.seconds:.0f}s")
         for note in res.notes:
             print(f"  note: {note}")
@@ -335,7 +317,7 @@ def cmd_bench(args) -> int:
     for r in results:
         print("\n" + markdown(r))
     if args.json:
-        _write_text_atomic(Path(args.json), json.dumps(results, indent=2))
+        write_text(Path(args.json), json.dumps(results, indent=2))
         print(f"wrote {args.json}")
     return 0
 

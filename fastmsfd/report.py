@@ -4,6 +4,7 @@ Every file is written atomically (temp file + rename). Plots use matplotlib's Ag
 """
 from __future__ import annotations
 
+import csv
 import io
 import json
 from pathlib import Path
@@ -21,8 +22,23 @@ METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "f1_at_threshold
 TILE = 192
 
 
-def _fmt(v) -> str:
+def fmt(v) -> str:
+    """A metric for a table: 4 decimals, "n/a" when undefined."""
     return "n/a" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a text file atomically (never half written)."""
+    atomic_write_bytes(path, text.encode())
+
+
+def write_csv(path: Path, header: list[str], rows) -> None:
+    """A CSV file with this header and rows, written atomically."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(header)
+    writer.writerows(rows)
+    write_text(path, buf.getvalue())
 
 
 def _secs(v) -> str:
@@ -45,7 +61,7 @@ def plot_curves(result: EvalResult, out_dir: Path) -> list[Path]:
     if 0 < labels.sum() < len(labels):
         fpr, tpr = metrics.roc_curve(labels, result.scores)
         fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
-        ax.plot(fpr, tpr, lw=2, label=f"image AUROC {_fmt(result.metrics['image_auroc'])}")
+        ax.plot(fpr, tpr, lw=2, label=f"image AUROC {fmt(result.metrics['image_auroc'])}")
         ax.plot([0, 1], [0, 1], "k:", lw=1)
         ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"{result.category}: image ROC",
                xlim=(0, 1), ylim=(0, 1.01))
@@ -54,7 +70,7 @@ def plot_curves(result: EvalResult, out_dir: Path) -> list[Path]:
     if result.metrics.get("aupro") is not None:
         fpr, pro = metrics.pro_curve(result.masks, result.heatmaps)
         fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
-        ax.plot(fpr, pro, lw=2, label=f"AUPRO(0.3) {_fmt(result.metrics['aupro'])}")
+        ax.plot(fpr, pro, lw=2, label=f"AUPRO(0.3) {fmt(result.metrics['aupro'])}")
         ax.axvline(0.3, color="k", ls=":", lw=1)
         ax.set(xlabel="false positive rate (pixels)", ylabel="per-region overlap", xlim=(0, 1), ylim=(0, 1.01),
                title=f"{result.category}: PRO ({result.resolution})")
@@ -136,12 +152,12 @@ def write_summary(out_dir: Path, entries: list[dict], meta: dict) -> str:
     lines = ["| category | image AUROC | pixel AUROC | AUPRO | F1-max | F1 @ threshold | fit s | eval s | "
              "resolution |", "|---|---|---|---|---|---|---|---|---|"]
     for e in entries:
-        lines.append(f"| {e['category']} | {_fmt(e['image_auroc'])} | {_fmt(e['pixel_auroc'])} | "
-                     f"{_fmt(e['aupro'])} | {_fmt(e['f1_max'])} | {_fmt(e['f1_at_threshold'])} | "
+        lines.append(f"| {e['category']} | {fmt(e['image_auroc'])} | {fmt(e['pixel_auroc'])} | "
+                     f"{fmt(e['aupro'])} | {fmt(e['f1_max'])} | {fmt(e['f1_at_threshold'])} | "
                      f"{_secs(e['fit_seconds'])} | {_secs(e['eval_seconds'])} | {e['resolution']} |")
     if len(entries) > 1:
-        lines.append(f"| **mean** | {_fmt(mean['image_auroc'])} | {_fmt(mean['pixel_auroc'])} | "
-                     f"{_fmt(mean['aupro'])} | {_fmt(mean['f1_max'])} | {_fmt(mean['f1_at_threshold'])} | | | |")
+        lines.append(f"| **mean** | {fmt(mean['image_auroc'])} | {fmt(mean['pixel_auroc'])} | "
+                     f"{fmt(mean['aupro'])} | {fmt(mean['f1_max'])} | {fmt(mean['f1_at_threshold'])} | | | |")
     table = "\n".join(lines)
     md = ["# fastmsfd evaluation\n", f"Command: `{meta.get('command', '')}`\n",
           f"Evaluation resolution: {entries[0]['resolution'] if entries else 'n/a'} "
@@ -150,7 +166,7 @@ def write_summary(out_dir: Path, entries: list[dict], meta: dict) -> str:
     for e in entries:
         if e["per_defect_image_auroc"]:
             md.append(f"\n**{e['category']}** image AUROC per defect type (vs all good test images): " +
-                      ", ".join(f"{k} {_fmt(v)}" for k, v in e["per_defect_image_auroc"].items()))
+                      ", ".join(f"{k} {fmt(v)}" for k, v in e["per_defect_image_auroc"].items()))
         for note in e["notes"]:
             md.append(f"\n- {e['category']}: {note}")
     md.append(f"\n\nDetector: `{json.dumps(meta.get('detector', {}))}`\n")
