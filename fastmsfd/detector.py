@@ -9,12 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import ops
+from . import calibration, ops
 from ._version import __version__
 from .backbones import build_student, build_teacher, default_layers, normalization
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -27,7 +26,6 @@ from .train import TrainConfig, TrainHistory, auto_epochs, distill
 
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
               "auto": None}  # auto: chosen per machine (runtimes.choose)
-LAYER_WEIGHT_QUANTILE = 0.99
 MAP_NORMS = ("border", None)
 MAP_NORM_MAX_IMAGES = 256  # normal images whose heatmaps give the border statistics (an even subsample beyond)
 
@@ -252,7 +250,7 @@ class Detector(nn.Module):
                                       blur_sigma=self.config["blur_sigma"], backend=self.ops_backend,
                                       upsampling=self.config["upsampling"])
         if standardize and self.config["map_norm"]:
-            heat = reference.standardize(heat, self.map_mean, self.map_std)
+            heat = calibration.standardize(heat, self.map_mean, self.map_std)
             score = reference.image_score(heat, self.config["score_topk"])
         return heat, score
 
@@ -364,8 +362,7 @@ class Detector(nn.Module):
             for layer, (tl, sl) in enumerate(zip(t, s)):
                 d = reference.combined_distance(tl, sl, self.config["alpha"], self.config["beta"])
                 per_layer[layer].append(d.flatten())
-        q = [float(np.quantile(torch.cat(d).float().cpu().numpy(), LAYER_WEIGHT_QUANTILE)) for d in per_layer]
-        self.layer_weights.copy_(torch.tensor([1.0 / max(v, 1e-12) for v in q]))
+        self.layer_weights.copy_(calibration.layer_weights([torch.cat(d) for d in per_layer]))
 
     @torch.no_grad()
     def _set_map_statistics(self, images_u8: torch.Tensor) -> None:
@@ -376,7 +373,7 @@ class Detector(nn.Module):
         step = max(1, math.ceil(len(images_u8) / MAP_NORM_MAX_IMAGES))
         heat = torch.cat([self.maps_from_features(t, s, standardize=False)[0]
                           for t, s in self._batched_features(images_u8[::step])])
-        mean, std = reference.border_statistics(heat)
+        mean, std = calibration.border_statistics(heat)
         self.map_mean.copy_(mean)
         self.map_std.copy_(std)
 
@@ -470,16 +467,14 @@ class Detector(nn.Module):
         """Set the threshold from defect-free images only: the `quantile` of their scores. About
         (1 - quantile) of normal parts will then be flagged; labels are score > threshold."""
         if not 0 < quantile <= 1:
-            raise ValueError(f"quantile must be in (0, 1], got {quantile}")
+            raise ValueError(f"quantile must be in (0, 1], got {quantile}")  # before any inference
         if isinstance(normal_images, torch.Tensor) and normal_images.dtype == torch.uint8 \
                 and normal_images.dim() == 4 and normal_images.shape[-1] == self.image_size:
             scores = torch.cat([self._infer(normal_images[i:i + batch_size])[1].float().cpu()
                                 for i in range(0, len(normal_images), batch_size)])
         else:
             scores = self.predict(normal_images, batch_size=batch_size).scores
-        if not torch.isfinite(scores).all():
-            raise ValueError("calibrate: some normal images gave NaN/inf scores")
-        thr = float(torch.quantile(scores.double(), quantile))
+        thr = calibration.threshold(scores, quantile)
         self.threshold.fill_(thr)
         self.config["calibration"] = {"quantile": quantile, "n_images": len(scores)}
         return thr

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import calibration
 from ._version import __version__
 from .checkpoint import atomic_path
 from .onnx_passes import fold_pads
@@ -67,7 +68,7 @@ class InferenceGraph(nn.Module):
         if self.post_blur:
             heat = reference.upsample(heat, self.blur_rows, self.blur_cols)
         if self.map_norm:
-            heat = reference.standardize(heat, self.map_mean, self.map_std)
+            heat = calibration.standardize(heat, self.map_mean, self.map_std)
         return heat, reference.image_score(heat, self.topk)
 
 

@@ -22,10 +22,9 @@ def main() -> None:
     ap.add_argument("category")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
-    from fastmsfd import Detector
+    from fastmsfd import Detector, calibration
     from fastmsfd.data import load_resized, training_paths
     from fastmsfd.evaluate import evaluate_category
-    from fastmsfd.ops import reference
 
     det = Detector.load(args.model, runtime="torch")
     det.config["map_norm"] = None
@@ -33,7 +32,7 @@ def main() -> None:
     det.config["map_norm"] = "border"
     det._set_map_statistics(load_resized(training_paths(args.category), det.image_size, False))
     std = evaluate_category(det, args.category).metrics
-    ring = reference.border_distance(det.image_size, det.image_size)
+    ring = calibration.border_distance(det.image_size, det.image_size)
     edge, centre = float(det.map_std[ring == 0].mean()), float(det.map_std[ring == int(ring.max())].mean())
     print(f"{args.category} ({args.model}): normal heatmap std {edge:.3f} on the edge, {centre:.3f} in the centre")
     print("| heatmap | image AUROC | pixel AUROC | AUPRO |\n|---|---|---|---|")

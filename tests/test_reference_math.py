@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastmsfd import ops
+from fastmsfd import calibration, ops
 from fastmsfd.ops import reference
 
 from . import brute_force as bf
@@ -147,29 +147,29 @@ def test_bilinear_anomaly_map_runs_on_the_reference_only(rng):
 @pytest.mark.parametrize("smooth", [0.0, 1.0, 2.5])
 def test_border_statistics_match_brute_force(rng, N, H, W, smooth):
     # each pixel's own border distance enters, so a map that grows toward the edges is the hard case
-    ring = reference.border_distance(H, W).numpy()
+    ring = calibration.border_distance(H, W).numpy()
     maps = (rng.standard_normal((N, H, W)) * (1 + 0.3 * (ring.max() - ring))).astype(np.float32)
-    mean, std = reference.border_statistics(torch.from_numpy(maps), smooth)
+    mean, std = calibration.border_statistics(torch.from_numpy(maps), smooth)
     want_mean, want_std = bf.border_statistics(maps, smooth)
     np.testing.assert_allclose(mean.numpy(), want_mean, rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(std.numpy(), want_std, rtol=RTOL, atol=ATOL)
 
 
 def test_border_distance_and_standardize():
-    d = reference.border_distance(4, 5)
+    d = calibration.border_distance(4, 5)
     assert d.tolist() == [[0, 0, 0, 0, 0], [0, 1, 1, 1, 0], [0, 1, 1, 1, 0], [0, 0, 0, 0, 0]]
     heat = torch.arange(40, dtype=torch.float32).view(2, 4, 5)
     mean, std = torch.full((4, 5), 3.0), torch.full((4, 5), 2.0)
-    torch.testing.assert_close(reference.standardize(heat, mean, std), (heat - 3) / 2)
+    torch.testing.assert_close(calibration.standardize(heat, mean, std), (heat - 3) / 2)
 
 
 def test_border_statistics_standardise_normal_maps_ring_by_ring(rng):
     # maps whose level and spread depend on the distance to the border: after standardising with their own
     # statistics (no pooling), every ring has mean 0 and std 1
-    ring = reference.border_distance(16, 16).numpy()
+    ring = calibration.border_distance(16, 16).numpy()
     maps = torch.from_numpy(rng.standard_normal((50, 16, 16)) * (3.0 - 0.3 * ring) + 5.0 * (ring == 0))
-    mean, std = reference.border_statistics(maps.float(), smooth=0)
-    z = reference.standardize(maps, mean, std)
+    mean, std = calibration.border_statistics(maps.float(), smooth=0)
+    z = calibration.standardize(maps, mean, std)
     for r in range(8):
         sel = z[:, torch.from_numpy(ring == r)]
         assert abs(float(sel.mean())) < 1e-4 and abs(float(sel.std(unbiased=False)) - 1) < 1e-4
@@ -178,7 +178,7 @@ def test_border_statistics_standardise_normal_maps_ring_by_ring(rng):
 def test_border_statistics_floor_a_constant_ring():
     maps = torch.rand(3, 6, 6)
     maps[:, 2:4, 2:4] = 0.5  # the innermost ring never varies: its std is floored, not zero
-    _, std = reference.border_statistics(maps, smooth=0)
-    assert float(std[3, 3]) > 0 and torch.isfinite(reference.standardize(maps, torch.zeros(6, 6), std)).all()
+    _, std = calibration.border_statistics(maps, smooth=0)
+    assert float(std[3, 3]) > 0 and torch.isfinite(calibration.standardize(maps, torch.zeros(6, 6), std)).all()
     with pytest.raises(ValueError, match="N, H, W"):
-        reference.border_statistics(torch.rand(6, 6))
+        calibration.border_statistics(torch.rand(6, 6))
