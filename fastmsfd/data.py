@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -273,3 +274,68 @@ def load_resized(paths: Iterable[Path], size: int, progress: bool = False) -> to
     for i, p in enumerate(tqdm(paths, desc="loading images", disable=not progress or len(paths) < 50, leave=False)):
         out[i] = decode_resized(p, size)[0]
     return out
+
+
+def normal_images_u8(source, size: int, progress: bool = False) -> torch.Tensor:
+    """Normal images for fit(): a folder, an MVTec category folder (train/good), a file, a list of paths, a
+    tensor/array batch or a DataLoader -> uint8 (N, 3, S, S) at the network's size."""
+    S = size
+    if isinstance(source, torch.utils.data.DataLoader):
+        chunks = []
+        for batch in source:
+            batch = batch[0] if isinstance(batch, (tuple, list)) else batch
+            chunks.append(to_u8_batch(batch, S, "DataLoader batch")[0])
+        if not chunks:
+            raise DataError("fit: the DataLoader yielded no batches")
+        return torch.cat(chunks)
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.exists():
+            raise DataError(f"{path}: folder not found")
+        paths = training_paths(path) if path.is_dir() else [path]
+        return load_resized(paths, S, progress)
+    if isinstance(source, (list, tuple)) and source and all(isinstance(p, (str, os.PathLike)) for p in source):
+        return load_resized([Path(p) for p in source], S, progress)
+    return to_u8_batch(source, S, "fit images")[0]
+
+
+def iter_batches(images, size: int, batch_size: int):
+    """predict()'s input as (uint8 batch at size, original sizes, names), one batch at a time: paths, a folder,
+    PIL images, arrays or tensors. Decoding, checks and resizing run in worker threads, the next batch while this
+    one infers (PIL, torch's resize and the runtimes release the GIL); at most two batches are in memory."""
+    if isinstance(images, (str, os.PathLike)) and Path(images).is_dir():
+        images = list_images(images)
+    if isinstance(images, torch.Tensor):
+        if images.dim() == 3:
+            images = images[None]
+        chunks = [images[i:i + batch_size] for i in range(0, len(images), batch_size)] or [images]
+    elif isinstance(images, (list, tuple)):
+        chunks = [images[i:i + batch_size] for i in range(0, len(images), batch_size)] or [images]
+    else:
+        chunks = [images]
+
+    def is_paths(chunk) -> bool:
+        return isinstance(chunk, (list, tuple)) and len(chunk) > 0 and \
+            all(isinstance(x, (str, os.PathLike)) for x in chunk)
+
+    S = size
+    with ThreadPoolExecutor(max_workers=max(2, torch.get_num_threads()),
+                            thread_name_prefix="fastmsfd-decode") as pool:
+        if all(is_paths(c) for c in chunks):
+            def submit(k):  # files: one task per file
+                return [pool.submit(decode_resized, p, S) for p in chunks[k]]
+
+            def collect(k, futures):  # the first unreadable file raises, naming itself
+                done = [f.result() for f in futures]
+                return torch.stack([u for u, _ in done]), [hw for _, hw in done], [str(p) for p in chunks[k]]
+        else:
+            def submit(k):  # in-memory images: one task per batch (uint8 sources stay uint8)
+                return pool.submit(to_u8_batch, chunks[k], S, "images", k * batch_size)
+
+            def collect(k, future):
+                return future.result()
+        pending = submit(0)
+        for k in range(len(chunks)):
+            ready = collect(k, pending)
+            pending = submit(k + 1) if k + 1 < len(chunks) else None
+            yield ready

@@ -17,7 +17,7 @@ from . import calibration, ops
 from ._version import __version__
 from .backbones import build_student, build_teacher, default_layers, normalization
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import load_resized, to_u8_batch, training_paths
+from .data import iter_batches, normal_images_u8
 from .distributed import ddp_kwargs, init_from_env, rank_device, to_plain_bn, to_sync_bn
 from .errors import CheckpointError, DataError
 from .ops import reference
@@ -262,26 +262,6 @@ class Detector(nn.Module):
         return self.anomaly_maps(self._normalize(images))
 
     # ---- fitting -------------------------------------------------------------------------------------
-    def _normal_images_u8(self, source, progress: bool) -> torch.Tensor:
-        S = self.image_size
-        if isinstance(source, torch.utils.data.DataLoader):
-            chunks = []
-            for batch in source:
-                batch = batch[0] if isinstance(batch, (tuple, list)) else batch
-                chunks.append(to_u8_batch(batch, S, "DataLoader batch")[0])
-            if not chunks:
-                raise DataError("fit: the DataLoader yielded no batches")
-            return torch.cat(chunks)
-        if isinstance(source, (str, os.PathLike)):
-            path = Path(source)
-            if not path.exists():
-                raise DataError(f"{path}: folder not found")
-            paths = training_paths(path) if path.is_dir() else [path]
-            return load_resized(paths, S, progress)
-        if isinstance(source, (list, tuple)) and source and all(isinstance(p, (str, os.PathLike)) for p in source):
-            return load_resized([Path(p) for p in source], S, progress)
-        return to_u8_batch(source, S, "fit images")[0]
-
     def fit(self, source, epochs: int | None = None, batch_size: int = 8, lr: float = 1e-3, val_fraction: float = 0.1,
             seed: int = 0, progress: bool = True, calibrate_quantile: float = 0.99, **train_kwargs) -> "Detector":
         """Train the student on normal images: a folder, an MVTec category folder (uses train/good), a list of
@@ -294,7 +274,7 @@ class Detector(nn.Module):
                 "fit: precision='float16' would need loss scaling, which fastmsfd's training does not do (small "
                 "float16 gradients underflow to zero). Fit with precision='float32' or 'bfloat16' (bfloat16 needs no "
                 "scaling), save, then Detector.load(path, precision='float16') to infer in float16.")
-        images = self._normal_images_u8(source, progress)
+        images = normal_images_u8(source, self.image_size, progress)
         n = len(images)
         if n < 2:
             raise DataError(f"fit needs at least 2 normal images, got {n}")
@@ -378,52 +358,6 @@ class Detector(nn.Module):
         self.map_std.copy_(std)
 
     # ---- inference -----------------------------------------------------------------------------------
-    def _batches(self, images, batch_size: int):
-        """Yield (uint8 batch at image_size, original sizes, names); decodes files one batch at a time."""
-        if isinstance(images, (str, os.PathLike)) and Path(images).is_dir():
-            from .data import list_images
-
-            images = list_images(images)
-        if isinstance(images, torch.Tensor):
-            if images.dim() == 3:
-                images = images[None]
-            chunks = [images[i:i + batch_size] for i in range(0, len(images), batch_size)] or [images]
-        elif isinstance(images, (list, tuple)):
-            chunks = [images[i:i + batch_size] for i in range(0, len(images), batch_size)] or [images]
-        else:
-            chunks = [images]
-        def is_paths(chunk) -> bool:
-            return isinstance(chunk, (list, tuple)) and len(chunk) > 0 and \
-                all(isinstance(x, (str, os.PathLike)) for x in chunk)
-
-        # Decoding, checks and resizing run in worker threads, the next batch while this one infers (PIL, torch's
-        # resize and the runtimes release the GIL); at most two batches are in memory at once.
-        from concurrent.futures import ThreadPoolExecutor
-
-        S = self.image_size
-        with ThreadPoolExecutor(max_workers=max(2, torch.get_num_threads()),
-                                thread_name_prefix="fastmsfd-decode") as pool:
-            if all(is_paths(c) for c in chunks):
-                from .data import decode_resized
-
-                def submit(k):  # files: one task per file
-                    return [pool.submit(decode_resized, p, S) for p in chunks[k]]
-
-                def collect(k, futures):  # the first unreadable file raises, naming itself
-                    done = [f.result() for f in futures]
-                    return torch.stack([u for u, _ in done]), [hw for _, hw in done], [str(p) for p in chunks[k]]
-            else:
-                def submit(k):  # in-memory images: one task per batch (uint8 sources stay uint8)
-                    return pool.submit(to_u8_batch, chunks[k], S, "images", k * batch_size)
-
-                def collect(k, future):
-                    return future.result()
-            pending = submit(0)
-            for k in range(len(chunks)):
-                ready = collect(k, pending)
-                pending = submit(k + 1) if k + 1 < len(chunks) else None
-                yield ready
-
     @torch.no_grad()
     def predict_iter(self, images, batch_size: int = 16):
         """Like predict, one Prediction per batch: memory stays flat however many images there are."""
@@ -434,7 +368,7 @@ class Detector(nn.Module):
             # thread's back, so concurrent predict calls always see the same frozen networks.
             self.eval()
         thr = float(self.threshold)
-        for u8, sizes, names in self._batches(images, batch_size):
+        for u8, sizes, names in iter_batches(images, self.image_size, batch_size):
             h, s = self._infer(u8)
             h, s = h.float().cpu(), s.float().cpu()
             labels = masks = None
