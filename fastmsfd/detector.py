@@ -7,6 +7,7 @@ import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Sequence
 
 import torch
@@ -17,6 +18,7 @@ from . import calibration, ops
 from ._version import __version__
 from .backbones import build_student, build_teacher, default_layers, normalization
 from .checkpoint import load_checkpoint, save_checkpoint
+from .config import DetectorConfig
 from .data import iter_batches, normal_images_u8
 from .distributed import ddp_kwargs, init_from_env, rank_device, to_plain_bn, to_sync_bn
 from .errors import CheckpointError, DataError
@@ -26,7 +28,6 @@ from .train import TrainConfig, TrainHistory, auto_epochs, distill
 
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
               "auto": None}  # auto: chosen per machine (runtimes.choose)
-MAP_NORMS = ("border", None)
 MAP_NORM_MAX_IMAGES = 256  # normal images whose heatmaps give the border statistics (an even subsample beyond)
 
 
@@ -73,25 +74,18 @@ class Detector(nn.Module):
         super().__init__()
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
-        if not isinstance(image_size, int) or image_size < 32:
-            raise ValueError(f"image_size must be an int >= 32, got {image_size!r}")
-        if aggregate not in reference.AGGREGATIONS:
-            raise ValueError(f"aggregate must be one of {reference.AGGREGATIONS}, got {aggregate!r}")
-        if upsampling not in reference.UPSAMPLINGS:
-            raise ValueError(f"upsampling must be one of {reference.UPSAMPLINGS}, got {upsampling!r}")
-        if map_norm not in MAP_NORMS:
-            raise ValueError(f"map_norm must be one of {MAP_NORMS}, got {map_norm!r}")
-        layers = tuple(layers) if layers else default_layers(backbone)
-        self.teacher = build_teacher(backbone, layers, weights=weights, download=download)
-        self.student = build_student(backbone, layers)
+        if ops_backend not in ("auto",) + ops.BACKENDS:
+            raise ValueError(f"ops_backend must be 'auto' or one of {ops.BACKENDS}, got {ops_backend!r}")
+        # every setting validated once, before any network is built
+        self.settings = DetectorConfig.from_dict(dict(
+            backbone=backbone, layers=tuple(layers) if layers else default_layers(backbone), image_size=image_size,
+            precision=precision, random_teacher=isinstance(weights, str) and weights == "random", alpha=alpha,
+            beta=beta, sigma_factor=sigma_factor, aggregate=aggregate, blur_sigma=blur_sigma, upsampling=upsampling,
+            map_norm=map_norm, score_topk=score_topk))
+        self.teacher = build_teacher(backbone, self.settings.network.layers, weights=weights, download=download)
+        self.student = build_student(backbone, self.settings.network.layers)
         self.layers = tuple(self.teacher.layers)
-        self.config: dict[str, Any] = dict(
-            backbone=backbone, layers=list(self.layers), image_size=image_size, precision=precision,
-            alpha=alpha, beta=beta, sigma_factor=sigma_factor, aggregate=aggregate, score_topk=score_topk,
-            blur_sigma=blur_sigma, upsampling=upsampling, map_norm=map_norm,
-            random_teacher=isinstance(weights, str) and weights == "random")
+        self.info: dict[str, Any] = {}  # what fit and calibrate measured (n_train, epochs_run, calibration, ...)
         mean, std = normalization(backbone)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
@@ -108,8 +102,6 @@ class Detector(nn.Module):
         self._runner = None                  # the exported graph in ONNX Runtime / OpenVINO, built on first use
         self._lock = threading.RLock()       # guards lazy runner creation and train/eval switches in predict
         self._runtime = None                 # runtimes.Choice: runtime, precision and why, resolved on first use
-        if ops_backend not in ("auto",) + ops.BACKENDS:
-            raise ValueError(f"ops_backend must be 'auto' or one of {ops.BACKENDS}, got {ops_backend!r}")
         self.ops_backend = ops_backend
         self._fitting = False
         self.history: TrainHistory | None = None
@@ -127,14 +119,21 @@ class Detector(nn.Module):
 
     @property
     def image_size(self) -> int:
-        return int(self.config["image_size"])
+        return self.settings.network.image_size
+
+    @property
+    def config(self) -> MappingProxyType:
+        """Every setting and what fit/calibrate measured, flat and read-only (the checkpoint's configuration).
+        Settings change through Detector(...), Detector.load(...) or reset_runtime(precision=...)."""
+        return MappingProxyType({**self.settings.to_dict(), **self.info})
 
     def extra_repr(self) -> str:
         thr = float(self.threshold)
         state = "fitted" if self.fitted else "not fitted"
-        return (f"backbone={self.config['backbone']}, layers={list(self.layers)}, image_size={self.image_size}, "
-                f"aggregate={self.config['aggregate']}, map_norm={self.config['map_norm']}, "
-                f"precision={self.config['precision']}, {state}, "
+        net, maps = self.settings.network, self.settings.map
+        return (f"backbone={net.backbone}, layers={list(self.layers)}, image_size={self.image_size}, "
+                f"aggregate={maps.aggregate}, map_norm={maps.map_norm}, "
+                f"precision={net.precision}, {state}, "
                 f"threshold={'unset' if math.isnan(thr) else f'{thr:.4g}'}")
 
     def __repr__(self) -> str:  # a one-line summary, not the whole network
@@ -147,7 +146,7 @@ class Detector(nn.Module):
         if self._runtime is None:
             from .runtimes import choose
 
-            self._runtime = choose(self.runtime_request, self.device, self.config["precision"])
+            self._runtime = choose(self.runtime_request, self.device, self.settings.network.precision)
         return self._runtime
 
     @property
@@ -160,13 +159,16 @@ class Detector(nn.Module):
         """The precision inference runs in ("auto" resolved for this machine); fit() trains "auto" in float32."""
         return self.runtime_choice.precision
 
-    def reset_runtime(self, runtime: str | None = None) -> None:
+    def reset_runtime(self, runtime: str | None = None, precision: str | None = None) -> None:
         """Drop the exported graph (it is rebuilt from the current weights on next use); optionally switch
-        runtime. fit() and load() do this themselves; call it after changing weights by hand."""
+        runtime and/or inference precision. fit() and load() do this themselves; call it after changing weights
+        by hand."""
         if runtime is not None:
             if runtime not in RUNTIMES:
                 raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
             self.runtime_request = runtime
+        if precision is not None:
+            self.settings = self.settings.replace(precision=precision)
         self._runner, self._runtime, self._compiled = None, None, None
 
     def _apply(self, fn, *args, **kwargs):
@@ -206,7 +208,7 @@ class Detector(nn.Module):
         return self._normalize(images_u8.to(self.device, non_blocking=True).float().div_(255.0))
 
     def _autocast(self):
-        precision = self.config["precision"]
+        precision = self.settings.network.precision
         if precision == "auto":
             precision = "float32" if self._fitting else self.precision
         dtype = PRECISIONS[precision]
@@ -231,7 +233,8 @@ class Detector(nn.Module):
 
     def _sigmas(self, feats: Sequence[torch.Tensor]) -> list[float]:
         S = self.image_size
-        return reference.default_sigmas([tuple(f.shape[-2:]) for f in feats], (S, S), self.config["sigma_factor"])
+        return reference.default_sigmas([tuple(f.shape[-2:]) for f in feats], (S, S),
+                                        self.settings.map.sigma_factor)
 
     def anomaly_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.maps_from_features(*self.features(x))
@@ -244,14 +247,14 @@ class Detector(nn.Module):
         detector does (the border statistics belong to the full heatmap)."""
         S = self.image_size
         weights = self.layer_weights.tolist() if layer_weights is None else list(layer_weights)
-        heat, score = ops.anomaly_map(t, s, (S, S), layer_weights=weights, alpha=self.config["alpha"],
-                                      beta=self.config["beta"], sigmas=self._sigmas(t),
-                                      aggregate=self.config["aggregate"], topk=self.config["score_topk"],
-                                      blur_sigma=self.config["blur_sigma"], backend=self.ops_backend,
-                                      upsampling=self.config["upsampling"])
-        if standardize and self.config["map_norm"]:
+        maps, topk = self.settings.map, self.settings.score.score_topk
+        heat, score = ops.anomaly_map(t, s, (S, S), layer_weights=weights, alpha=maps.alpha, beta=maps.beta,
+                                      sigmas=self._sigmas(t), aggregate=maps.aggregate, topk=topk,
+                                      blur_sigma=maps.blur_sigma, backend=self.ops_backend,
+                                      upsampling=maps.upsampling)
+        if standardize and maps.map_norm:
             heat = calibration.standardize(heat, self.map_mean, self.map_std)
-            score = reference.image_score(heat, self.config["score_topk"])
+            score = reference.image_score(heat, topk)
         return heat, score
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -269,7 +272,7 @@ class Detector(nn.Module):
         stopping, the per-layer weights and the default threshold. epochs=None: about 3,000 training images seen
         (train.auto_epochs: 40 epochs for 75 images, 12 for 250, 4 for 700), since longer training measurably
         blurs what the student gets wrong (docs/defaults.md). Returns self."""
-        if self.config["precision"] == "float16":
+        if self.settings.network.precision == "float16":
             raise ValueError(
                 "fit: precision='float16' would need loss scaling, which fastmsfd's training does not do (small "
                 "float16 gradients underflow to zero). Fit with precision='float32' or 'bfloat16' (bfloat16 needs no "
@@ -287,7 +290,7 @@ class Detector(nn.Module):
         # from scratch instead of continuing the first.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            student = build_student(self.config["backbone"], self.layers)
+            student = build_student(self.settings.network.backbone, self.layers)
         device = rank_device(self.device)  # torchrun on GPUs: this rank's own GPU
         if device != self.device:
             self.to(device)
@@ -295,8 +298,8 @@ class Detector(nn.Module):
         rank, world = init_from_env(device)  # torchrun: one shard of every global batch per process
         if epochs is None:
             epochs = auto_epochs(len(train))
-        cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, alpha=self.config["alpha"],
-                          beta=self.config["beta"], seed=seed, progress=progress and rank == 0, rank=rank,
+        cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, alpha=self.settings.map.alpha,
+                          beta=self.settings.map.beta, seed=seed, progress=progress and rank == 0, rank=rank,
                           world_size=world, ops_backend=self.ops_backend, **train_kwargs)
         self.layer_weights.fill_(1.0)
         self.map_mean.zero_()
@@ -319,12 +322,12 @@ class Detector(nn.Module):
                 to_plain_bn(self.student)
         self.eval()
         self._set_layer_weights(val)
-        if self.config["map_norm"]:
+        if self.settings.map.map_norm:
             self._set_map_statistics(train)
         self.fitted = True
         self.reset_runtime()
         self.calibrate(val, quantile=calibrate_quantile)
-        self.config.update(n_train=len(train), n_val=n_val, epochs_run=len(self.history.val_loss),
+        self.info.update(n_train=len(train), n_val=n_val, epochs_run=len(self.history.val_loss),
                            fit_seconds=round(self.history.seconds, 2))
         return self
 
@@ -340,7 +343,7 @@ class Detector(nn.Module):
         per_layer: list[list[torch.Tensor]] = [[] for _ in self.layers]
         for t, s in self._batched_features(images_u8):
             for layer, (tl, sl) in enumerate(zip(t, s)):
-                d = reference.combined_distance(tl, sl, self.config["alpha"], self.config["beta"])
+                d = reference.combined_distance(tl, sl, self.settings.map.alpha, self.settings.map.beta)
                 per_layer[layer].append(d.flatten())
         self.layer_weights.copy_(calibration.layer_weights([torch.cat(d) for d in per_layer]))
 
@@ -410,7 +413,7 @@ class Detector(nn.Module):
             scores = self.predict(normal_images, batch_size=batch_size).scores
         thr = calibration.threshold(scores, quantile)
         self.threshold.fill_(thr)
-        self.config["calibration"] = {"quantile": quantile, "n_images": len(scores)}
+        self.info["calibration"] = {"quantile": quantile, "n_images": len(scores)}
         return thr
 
     # ---- persistence ---------------------------------------------------------------------------------
@@ -420,7 +423,7 @@ class Detector(nn.Module):
         tensors.update({f"student.{k}": v for k, v in self.student.state_dict().items()})
         tensors.update(layer_weights=self.layer_weights, threshold=self.threshold.reshape(1),
                        mean=self.mean, std=self.std)
-        if self.config["map_norm"]:
+        if self.settings.map.map_norm:
             tensors.update(map_mean=self.map_mean, map_std=self.map_std)
         config = dict(self.config, fitted=self.fitted, fastmsfd_version=__version__)
         save_checkpoint(path, tensors, config)
@@ -433,6 +436,7 @@ class Detector(nn.Module):
         if precision is not None and precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
         tensors, config = load_checkpoint(path)
+        config = dict(config)
         known = ("backbone", "layers", "image_size", "precision", "alpha", "beta", "sigma_factor", "aggregate",
                  "score_topk", "blur_sigma")
         missing = [k for k in known if k not in config]
@@ -454,16 +458,15 @@ class Detector(nn.Module):
             except RuntimeError as exc:
                 raise CheckpointError(f"{path}: {name} weights do not match backbone "
                                       f"{config['backbone']} {config['layers']} ({str(exc)[:200]})") from None
-        stats = ("map_mean", "map_std") if det.config["map_norm"] else ()
+        stats = ("map_mean", "map_std") if det.settings.map.map_norm else ()
         for name in ("layer_weights", "mean", "std") + stats:
             if name not in tensors or tensors[name].shape != getattr(det, name).shape:
                 raise CheckpointError(f"{path}: {name} missing or of the wrong shape")
             getattr(det, name).copy_(tensors[name])
         det.threshold.fill_(float(tensors["threshold"][0]) if "threshold" in tensors else float("nan"))
-        det.config.update({k: v for k, v in config.items() if k not in known})
-        det.config["random_teacher"] = bool(config.get("random_teacher", False))
+        settings = set(det.settings.to_dict()) | {"fitted", "fastmsfd_version"}
+        det.info.update({k: v for k, v in config.items() if k not in settings})
+        det.settings = det.settings.replace(random_teacher=bool(config.get("random_teacher", False)))
         det.fitted = bool(config.get("fitted", True))
-        if precision is not None:
-            det.config["precision"] = precision
-        det.reset_runtime()
+        det.reset_runtime(precision=precision)
         return det.to(device)

@@ -31,19 +31,18 @@ class InferenceGraph(nn.Module):
 
     def __init__(self, detector):
         super().__init__()
-        cfg = detector.config
-        S = detector.image_size
+        maps, S = detector.settings.map, detector.image_size
         self.teacher, self.student = detector.teacher, detector.student
         self.register_buffer("mean", detector.mean.detach().clone() * 255.0)
         self.register_buffer("std", detector.std.detach().clone() * 255.0)
         with torch.no_grad():
             probe = detector.teacher(torch.zeros(1, 3, S, S, device=detector.device))
         shapes = [tuple(f.shape[-2:]) for f in probe]
-        sigmas = reference.default_sigmas(shapes, (S, S), cfg["sigma_factor"])
+        sigmas = reference.default_sigmas(shapes, (S, S), maps.sigma_factor)
         # the plan every backend shares: up-sampling matrices (blur folded in for sum/mean), post-blur, top-k
         plan = reference.plan(shapes, (S, S), detector.layer_weights.tolist(), sigmas, [None] * len(shapes),
-                              cfg["aggregate"], cfg["score_topk"], cfg["blur_sigma"], detector.device,
-                              cfg["upsampling"])
+                              maps.aggregate, detector.settings.score.score_topk, maps.blur_sigma,
+                              detector.device, maps.upsampling)
         for i, (gr, gc) in enumerate(zip(plan.g_rows, plan.g_cols)):
             self.register_buffer(f"g_rows{i}", gr.clone())
             self.register_buffer(f"g_cols{i}", gc.clone())
@@ -52,8 +51,8 @@ class InferenceGraph(nn.Module):
             self.register_buffer("blur_rows", plan.blur_rows.clone())
             self.register_buffer("blur_cols", plan.blur_cols.clone())
         self.mode, self.weights, self.topk = plan.mode, list(plan.weights), plan.topk
-        self.alpha, self.beta = float(cfg["alpha"]), float(cfg["beta"])
-        self.map_norm = bool(cfg["map_norm"])
+        self.alpha, self.beta = maps.alpha, maps.beta
+        self.map_norm = bool(maps.map_norm)
         if self.map_norm:
             self.register_buffer("map_mean", detector.map_mean.detach().clone())
             self.register_buffer("map_std", detector.map_std.detach().clone())

@@ -27,9 +27,9 @@ def main() -> None:
     from fastmsfd.evaluate import evaluate_category
 
     det = Detector.load(args.model, runtime="torch")
-    det.config["map_norm"] = None
+    det.settings = det.settings.replace(map_norm=None)
     raw = evaluate_category(det, args.category).metrics
-    det.config["map_norm"] = "border"
+    det.settings = det.settings.replace(map_norm="border")
     det._set_map_statistics(load_resized(training_paths(args.category), det.image_size, False))
     std = evaluate_category(det, args.category).metrics
     ring = calibration.border_distance(det.image_size, det.image_size)

@@ -229,12 +229,11 @@ def test_low_precision_predicts_close_to_float32(fitted, precision):
     x = _images(3, seed=12)
     fitted.reset_runtime("torch")
     want = fitted.predict(x)
-    fitted.config["precision"] = precision
+    fitted.reset_runtime(precision=precision)
     try:
         got = fitted.predict(x)
     finally:
-        fitted.config["precision"] = "float32"
-        fitted.reset_runtime("auto")
+        fitted.reset_runtime("auto", precision="float32")
     assert got.heatmaps.dtype == torch.float32 and torch.isfinite(got.heatmaps).all()
     # bfloat16 networks: a few percent of the heatmap's range (docs/performance.md has the AUROC effect)
     scale = want.heatmaps.abs().max().item()
