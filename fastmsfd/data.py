@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -89,48 +88,6 @@ def list_images(folder: str | os.PathLike, recursive: bool = True) -> list[Path]
     if not found:
         raise DataError(f"{folder}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
     return sorted(found)
-
-
-def is_mvtec_category(folder: Path) -> bool:
-    return (folder / "train" / "good").is_dir()
-
-
-def training_paths(folder: str | os.PathLike) -> list[Path]:
-    """Normal images for fitting: <folder>/train/good for an MVTec-layout category, else every image below."""
-    folder = Path(folder)
-    if folder.is_dir() and is_mvtec_category(folder):
-        return list_images(folder / "train" / "good")
-    return list_images(folder)
-
-
-@dataclass
-class TestSample:
-    path: Path
-    label: int               # 0 normal, 1 anomalous
-    defect: str              # "good" or the defect type folder
-    mask_path: Path | None   # None: all-zero mask (or no mask known for an anomalous image)
-    mask_index: int | None = None  # frame index when mask_path is a (frames, H, W) .npy stack (ShanghaiTech)
-
-
-def mvtec_test_set(category: str | os.PathLike) -> list[TestSample]:
-    """The test split of an MVTec-layout category: test/<type>/* with ground_truth/<type>/<stem>_mask.*."""
-    category = Path(category)
-    test_dir = category / "test"
-    if not test_dir.is_dir():
-        raise DataError(f"{category}: no test/ folder (expected the MVTec AD layout <category>/test/<type>/)")
-    samples = []
-    for defect_dir in sorted(p for p in test_dir.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
-        gt_dir = category / "ground_truth" / defect_dir.name
-        for path in list_images(defect_dir, recursive=False):
-            mask = None
-            if defect_dir.name != "good":
-                candidates = [gt_dir / f"{path.stem}_mask{ext}" for ext in IMAGE_EXTENSIONS]
-                candidates += [gt_dir / f"{path.stem}{ext}" for ext in IMAGE_EXTENSIONS]
-                mask = next((c for c in candidates if c.is_file()), None)
-            samples.append(TestSample(path, int(defect_dir.name != "good"), defect_dir.name, mask))
-    if not samples:
-        raise DataError(f"{test_dir}: empty test set")
-    return samples
 
 
 # ---- in-memory conversion ---------------------------------------------------------------------------------
@@ -274,29 +231,6 @@ def load_resized(paths: Iterable[Path], size: int, progress: bool = False) -> to
     for i, p in enumerate(tqdm(paths, desc="loading images", disable=not progress or len(paths) < 50, leave=False)):
         out[i] = decode_resized(p, size)[0]
     return out
-
-
-def normal_images_u8(source, size: int, progress: bool = False) -> torch.Tensor:
-    """Normal images for fit(): a folder, an MVTec category folder (train/good), a file, a list of paths, a
-    tensor/array batch or a DataLoader -> uint8 (N, 3, S, S) at the network's size."""
-    S = size
-    if isinstance(source, torch.utils.data.DataLoader):
-        chunks = []
-        for batch in source:
-            batch = batch[0] if isinstance(batch, (tuple, list)) else batch
-            chunks.append(to_u8_batch(batch, S, "DataLoader batch")[0])
-        if not chunks:
-            raise DataError("fit: the DataLoader yielded no batches")
-        return torch.cat(chunks)
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.exists():
-            raise DataError(f"{path}: folder not found")
-        paths = training_paths(path) if path.is_dir() else [path]
-        return load_resized(paths, S, progress)
-    if isinstance(source, (list, tuple)) and source and all(isinstance(p, (str, os.PathLike)) for p in source):
-        return load_resized([Path(p) for p in source], S, progress)
-    return to_u8_batch(source, S, "fit images")[0]
 
 
 def iter_batches(images, size: int, batch_size: int):

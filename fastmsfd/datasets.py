@@ -1,4 +1,5 @@
-"""Dataset layouts for evaluation: MVTec AD (one category or a root of many), plain folders, ShanghaiTech Campus.
+"""Dataset layouts: MVTec AD (one category or a root of many), plain folders, ShanghaiTech Campus; and the normal
+images fit() takes from any source (normal_images_u8).
 
 Each reader returns Category objects: the normal training images and the labelled test samples with where their
 masks live. Every problem names the path (fastmsfd.errors.DataError).
@@ -19,11 +20,77 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from .data import IMAGE_EXTENSIONS, TestSample, is_mvtec_category, list_images, mvtec_test_set
+from .data import IMAGE_EXTENSIONS, list_images, load_resized, to_u8_batch
 from .errors import DataError
 
 LAYOUTS = ("auto", "mvtec", "folders", "stc")
+
+
+def is_mvtec_category(folder: Path) -> bool:
+    return (folder / "train" / "good").is_dir()
+
+
+def training_paths(folder: str | os.PathLike) -> list[Path]:
+    """Normal images for fitting: <folder>/train/good for an MVTec-layout category, else every image below."""
+    folder = Path(folder)
+    if folder.is_dir() and is_mvtec_category(folder):
+        return list_images(folder / "train" / "good")
+    return list_images(folder)
+
+
+@dataclass
+class TestSample:
+    path: Path
+    label: int               # 0 normal, 1 anomalous
+    defect: str              # "good" or the defect type folder
+    mask_path: Path | None   # None: all-zero mask (or no mask known for an anomalous image)
+    mask_index: int | None = None  # frame index when mask_path is a (frames, H, W) .npy stack (ShanghaiTech)
+
+
+def mvtec_test_set(category: str | os.PathLike) -> list[TestSample]:
+    """The test split of an MVTec-layout category: test/<type>/* with ground_truth/<type>/<stem>_mask.*."""
+    category = Path(category)
+    test_dir = category / "test"
+    if not test_dir.is_dir():
+        raise DataError(f"{category}: no test/ folder (expected the MVTec AD layout <category>/test/<type>/)")
+    samples = []
+    for defect_dir in sorted(p for p in test_dir.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
+        gt_dir = category / "ground_truth" / defect_dir.name
+        for path in list_images(defect_dir, recursive=False):
+            mask = None
+            if defect_dir.name != "good":
+                candidates = [gt_dir / f"{path.stem}_mask{ext}" for ext in IMAGE_EXTENSIONS]
+                candidates += [gt_dir / f"{path.stem}{ext}" for ext in IMAGE_EXTENSIONS]
+                mask = next((c for c in candidates if c.is_file()), None)
+            samples.append(TestSample(path, int(defect_dir.name != "good"), defect_dir.name, mask))
+    if not samples:
+        raise DataError(f"{test_dir}: empty test set")
+    return samples
+
+
+def normal_images_u8(source, size: int, progress: bool = False) -> torch.Tensor:
+    """Normal images for fit(): a folder, an MVTec category folder (train/good), a file, a list of paths, a
+    tensor/array batch or a DataLoader -> uint8 (N, 3, S, S) at the network's size."""
+    S = size
+    if isinstance(source, torch.utils.data.DataLoader):
+        chunks = []
+        for batch in source:
+            batch = batch[0] if isinstance(batch, (tuple, list)) else batch
+            chunks.append(to_u8_batch(batch, S, "DataLoader batch")[0])
+        if not chunks:
+            raise DataError("fit: the DataLoader yielded no batches")
+        return torch.cat(chunks)
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.exists():
+            raise DataError(f"{path}: folder not found")
+        paths = training_paths(path) if path.is_dir() else [path]
+        return load_resized(paths, S, progress)
+    if isinstance(source, (list, tuple)) and source and all(isinstance(p, (str, os.PathLike)) for p in source):
+        return load_resized([Path(p) for p in source], S, progress)
+    return to_u8_batch(source, S, "fit images")[0]
 
 
 @dataclass

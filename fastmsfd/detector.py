@@ -19,7 +19,8 @@ from ._version import __version__
 from .backbones import build_student, build_teacher, default_layers, normalization
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import DetectorConfig
-from .data import iter_batches, normal_images_u8
+from .data import iter_batches
+from .datasets import normal_images_u8
 from .distributed import ddp_kwargs, init_from_env, rank_device, to_plain_bn, to_sync_bn
 from .errors import CheckpointError, DataError
 from .ops import reference

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from . import metrics
-from .data import TestSample, read_mask
-from .datasets import Category, _npy, mvtec_category
+from .data import read_mask
+from .datasets import Category, TestSample, _npy, mvtec_category
 from .errors import DataError
 
 

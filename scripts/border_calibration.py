@@ -23,7 +23,8 @@ def main() -> None:
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     from fastmsfd import Detector, calibration
-    from fastmsfd.data import load_resized, training_paths
+    from fastmsfd.data import load_resized
+    from fastmsfd.datasets import training_paths
     from fastmsfd.evaluate import evaluate_category
 
     det = Detector.load(args.model, runtime="torch")

@@ -55,7 +55,7 @@ VARIANTS = {
 
 
 def categories(data: Path) -> list[Path]:
-    from fastmsfd.data import is_mvtec_category
+    from fastmsfd.datasets import is_mvtec_category
 
     if is_mvtec_category(data):
         return [data]
@@ -106,7 +106,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
 
     from fastmsfd import Detector
-    from fastmsfd.data import training_paths
+    from fastmsfd.datasets import training_paths
     from fastmsfd.demo_data import make_demo_dataset
     from fastmsfd.evaluate import evaluate_category
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fastmsfd.data import list_images, mvtec_test_set, read_image, to_image_list, training_paths
+from fastmsfd.data import list_images, read_image, to_image_list
+from fastmsfd.datasets import mvtec_test_set, training_paths
 from fastmsfd.errors import DataError, ImageDecodeError
 
 
