@@ -21,7 +21,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import DetectorConfig
 from .data import iter_batches
 from .datasets import normal_images_u8
-from .distributed import ddp_kwargs, init_from_env, rank_device, to_plain_bn, to_sync_bn
+from .distributed import data_parallel, init_from_env, rank_device
 from .errors import CheckpointError, DataError
 from .ops import reference
 from .runtimes import RUNTIMES
@@ -181,7 +181,7 @@ class Detector(nn.Module):
     def _infer(self, images_u8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 (B, 3, S, S) -> heatmaps, scores with the chosen runtime."""
         if self.runtime == "torch":
-            return self.anomaly_maps(self._prepare(images_u8))
+            return self.heatmaps_and_scores(self._prepare(images_u8))
         runner = self._runner
         if runner is None:
             with self._lock:
@@ -225,9 +225,11 @@ class Detector(nn.Module):
             return self._compiled(x)
         return self._features(x)
 
-    def _features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def _features(self, x: torch.Tensor, student: nn.Module | None = None
+                  ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """student: the network to run in place of self.student (its DDP wrapper while training)."""
         with self._autocast():
-            t, s = self.teacher(x), self.student(x)
+            t, s = self.teacher(x), (student or self.student)(x)
         # under autocast the teacher's float32 standardisation can leave it in float32 while the student is in
         # bfloat16/float16: give both the student's dtype (the distance kernels accumulate in float32 anyway)
         return [a.to(b.dtype) for a, b in zip(t, s)], s
@@ -237,7 +239,8 @@ class Detector(nn.Module):
         return reference.default_sigmas([tuple(f.shape[-2:]) for f in feats], (S, S),
                                         self.settings.map.sigma_factor)
 
-    def anomaly_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def heatmaps_and_scores(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Heatmaps (B, S, S) and image scores (B,) of normalised images, on the torch runtime."""
         return self.maps_from_features(*self.features(x))
 
     def maps_from_features(self, t: Sequence[torch.Tensor], s: Sequence[torch.Tensor],
@@ -263,7 +266,7 @@ class Detector(nn.Module):
         S = self.image_size
         if tuple(images.shape[-2:]) != (S, S):
             images = F.interpolate(images, size=(S, S), mode="bilinear", antialias=True, align_corners=False)
-        return self.anomaly_maps(self._normalize(images))
+        return self.heatmaps_and_scores(self._normalize(images))
 
     # ---- fitting -------------------------------------------------------------------------------------
     def fit(self, source, epochs: int | None = None, batch_size: int = 8, lr: float = 1e-3, val_fraction: float = 0.1,
@@ -306,21 +309,13 @@ class Detector(nn.Module):
         self.map_mean.zero_()
         self.map_std.fill_(1.0)
         self.teacher.fit_statistics(self._prepare(train[i:i + 32]) for i in range(0, len(train), 32))
-        features = self.features
-        if world > 1:
-            to_sync_bn(self.student)
-            ddp = torch.nn.parallel.DistributedDataParallel(self.student, **ddp_kwargs(device))
-
-            def features(x):
-                with self._autocast():
-                    return self.teacher(x), ddp(x)
         self._fitting = True
         try:
-            self.history = distill(self.teacher, self.student, features, train, val, self._prepare, cfg)
+            with data_parallel(self.student, device, world) as student:  # torchrun: DDP + global-batch BatchNorm
+                features = self.features if world == 1 else (lambda x: self._features(x, student))
+                self.history = distill(self.teacher, self.student, features, train, val, self._prepare, cfg)
         finally:
             self._fitting = False
-            if world > 1:
-                to_plain_bn(self.student)
         self.eval()
         self._set_layer_weights(val)
         if self.settings.map.map_norm:

@@ -8,6 +8,7 @@ Backend: gloo on CPU, NCCL on GPU. Multi-node: torchrun's usual --nnodes/--node_
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -119,6 +120,20 @@ def to_sync_bn(module: nn.Module) -> nn.Module:
 
 def to_plain_bn(module: nn.Module) -> nn.Module:
     return _swap_bn(module, nn.BatchNorm2d)
+
+
+@contextlib.contextmanager
+def data_parallel(student: nn.Module, device: torch.device, world: int):
+    """The student to train with: itself in one process; under torchrun, a DistributedDataParallel wrapper on
+    this rank's device with global-batch BatchNorm, which is swapped back to plain BatchNorm afterwards."""
+    if world == 1:
+        yield student
+        return
+    to_sync_bn(student)
+    try:
+        yield torch.nn.parallel.DistributedDataParallel(student, **ddp_kwargs(device))
+    finally:
+        to_plain_bn(student)
 
 
 def shard(idx: torch.Tensor, rank: int, world: int) -> torch.Tensor:

@@ -59,7 +59,7 @@ def test_onnx_graph_matches_torch(det, tmp_path, dynamic):
     u8 = torch.nn.functional.interpolate(u8.float(), size=(SIZE, SIZE), mode="bilinear", antialias=True)
     u8 = u8.round().clamp(0, 255).to(torch.uint8)
     with torch.no_grad():
-        ref_heat, ref_score = det.anomaly_maps(det._prepare(u8))
+        ref_heat, ref_score = det.heatmaps_and_scores(det._prepare(u8))
     batches = [u8[i:i + 2] for i in range(0, 6, 2)] if not dynamic else [u8[:1], u8[1:6]]
     heats, scores = zip(*[sess.run(None, {"images": b.numpy()}) for b in batches])
     heat, score = torch.from_numpy(np.concatenate(heats)), torch.from_numpy(np.concatenate(scores))
@@ -115,7 +115,7 @@ def test_openvino_reads_the_exported_file(det, tmp_path):
     u8 = torch.randint(0, 255, (2, 3, SIZE, SIZE), dtype=torch.uint8)
     out = compiled(u8.numpy())
     with torch.no_grad():
-        ref_heat, ref_score = det.anomaly_maps(det._prepare(u8))
+        ref_heat, ref_score = det.heatmaps_and_scores(det._prepare(u8))
     _compare(torch.from_numpy(out[0]), torch.from_numpy(out[1]), ref_heat, ref_score)
 
 
