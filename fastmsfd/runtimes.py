@@ -27,8 +27,8 @@ ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile",
 # real parts, against float32 with the same fitted model.
 MAX_AUROC_CHANGE = 0.005
 # The evidence: (runtime, precision) -> {dataset: (change in image AUROC, change in pixel AUROC)} against torch
-# float32, measured with scripts/precision_table.py (docs/performance.md, "Precision"). A pair that is missing,
-# or moved either number by MAX_AUROC_CHANGE or more, is never chosen automatically.
+# float32, measured with scripts/experiments/precision_table.py (docs/performance.md, "Precision"). A pair that
+# is missing, or moved either number by MAX_AUROC_CHANGE or more, is never chosen automatically.
 PRECISION_EVIDENCE: dict[tuple[str, str], dict[str, tuple[float, float]]] = {
     ("torch", "bfloat16"): {"kolektorsdd": (-0.0012, +0.0019), "mtd": (-0.0012, -0.0004)},
     ("openvino", "bfloat16"): {"kolektorsdd": (+0.0000, +0.0020), "mtd": (-0.0001, -0.0011)},

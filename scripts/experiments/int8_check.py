@@ -1,8 +1,8 @@
 """int8 post-training quantisation of the exported graph: accuracy against float32 and speed (inference issue:
 a lower precision becomes a default only where image and pixel AUROC move by less than 0.005).
 
-    .venv/bin/python scripts/int8_check.py MODEL.fastmsfd CATEGORY_FOLDER [--calibration 64] [--per-channel]
-    .venv/bin/python scripts/int8_check.py --speed-only resnet18      # random weights: speed, no accuracy
+    .venv/bin/python scripts/experiments/int8_check.py MODEL.fastmsfd CATEGORY_FOLDER [--calibration 64] [--per-channel]
+    .venv/bin/python scripts/experiments/int8_check.py --speed-only resnet18      # random weights: speed, no accuracy
 
 Quantises the teacher's and the student's Conv/Add/Relu/Clip/MaxPool nodes with ONNX Runtime's static QDQ
 quantiser (uint8 activations, int8 weights), calibrated on the category's train/good images (normal images

@@ -1,8 +1,9 @@
 """Compare detector settings side by side on MVTec-layout data (the demo by default); prints a Markdown table.
 
-    .venv/bin/python scripts/compare_defaults.py                      # the demo textures, all variants
-    .venv/bin/python scripts/compare_defaults.py --data ../shared/data/mtd --max-train 200 --variants default,max
-    .venv/bin/python scripts/compare_defaults.py --epochs 40 --seeds 0,1,2 --variants "default,lr 3e-3"
+    .venv/bin/python scripts/experiments/compare_defaults.py                      # the demo textures, all variants
+    .venv/bin/python scripts/experiments/compare_defaults.py --data ../shared/data/mtd --max-train 200 \
+        --variants default,max
+    .venv/bin/python scripts/experiments/compare_defaults.py --epochs 40 --seeds 0,1,2 --variants "default,lr 3e-3"
 
 Each row: one variant fitted and evaluated per category with the same seed; with --seeds, one row per seed and
 then the mean (and range) over the seeds, since one seed can move a texture's image AUROC by 0.2

@@ -1,7 +1,8 @@
 """Re-score a fitted detector's heatmaps with other image-score rules and a final blur, without refitting:
 evidence for the score defaults (docs/defaults.md). One evaluation, then every rule on the same heatmaps.
 
-    .venv/bin/python scripts/rescore.py MODEL.fastmsfd CATEGORY_FOLDER [--topk 0,0.01,0.05,0.1] [--blur 0,2,4]
+    .venv/bin/python scripts/experiments/rescore.py MODEL.fastmsfd CATEGORY_FOLDER [--topk 0,0.01,0.05,0.1] \
+        [--blur 0,2,4]
 
 topk 0 means the maximum. Uses test labels to *report* each rule, never to pick one for a model: a default is
 changed only when it holds across the demo and the real datasets.

@@ -1,7 +1,7 @@
 """Accuracy per runtime and precision against torch float32, on fitted models (issue: a precision becomes a
 default only where image and pixel AUROC move by less than 0.005).
 
-    .venv/bin/python scripts/precision_table.py DATA MODELS_DIR [DATA MODELS_DIR ...]
+    .venv/bin/python scripts/experiments/precision_table.py DATA MODELS_DIR [DATA MODELS_DIR ...]
 e.g. ../shared/data/mtd eval_mtd/models ../shared/data/kolektorsdd eval_kolektor/models
 Runs `fastmsfd eval DATA -c MODELS_DIR --no-plots --runtime R --precision P` for each combination and prints a
 Markdown table of the metrics, the change against torch float32, and the evaluation time.

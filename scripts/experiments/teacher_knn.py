@@ -2,8 +2,8 @@
 to its nearest training cell (PatchCore-style kNN, one neighbour) as the anomaly map, top-1% mean as the image
 score. A reference for what the distillation can reach with that teacher at that resolution.
 
-    .venv/bin/python scripts/teacher_knn.py CATEGORY_FOLDER [--backbone efficientnet_lite0] [--image-size 256]
-        [--layers stage2,stage3,stage4] [--train 200] [--bank 50000]
+    .venv/bin/python scripts/experiments/teacher_knn.py CATEGORY_FOLDER [--backbone efficientnet_lite0]
+        [--image-size 256] [--layers stage2,stage3,stage4] [--train 200] [--bank 50000]
 
 Uses at most --train training images (evenly spaced) and a random --bank cells of them per layer (seeded).
 Test labels only report the result.

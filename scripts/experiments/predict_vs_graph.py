@@ -2,9 +2,9 @@
 throughput that users get (fastmsfd bench has the same row). Runs on any checkout, so an older commit can be
 measured the same way:
 
-    .venv/bin/python scripts/predict_vs_graph.py --runtime onnxruntime --size 300
+    .venv/bin/python scripts/experiments/predict_vs_graph.py --runtime onnxruntime --size 300
     git worktree add /tmp/old COMMIT && cp fastmsfd/_C*.so /tmp/old/fastmsfd/ && \\
-        PYTHONPATH=/tmp/old .venv/bin/python scripts/predict_vs_graph.py --runtime onnxruntime --size 300
+        PYTHONPATH=/tmp/old .venv/bin/python scripts/experiments/predict_vs_graph.py --runtime onnxruntime --size 300
 """
 import argparse
 import statistics

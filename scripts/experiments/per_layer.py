@@ -2,7 +2,7 @@
 alone (image AUROC with the detector's score rule, pixel AUROC; raw heatmaps), then the detector's own weighted
 sum (border-standardised when the detector is). Shows which scales find a dataset's defects.
 
-    .venv/bin/python scripts/per_layer.py MODEL.fastmsfd CATEGORY_FOLDER
+    .venv/bin/python scripts/experiments/per_layer.py MODEL.fastmsfd CATEGORY_FOLDER
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 normal heatmaps' statistics at each distance from the image border (Detector(map_norm="border"), the default
 since 2026-11-29). Evidence for that default on models fitted before it existed (docs/defaults.md).
 
-    .venv/bin/python scripts/border_calibration.py MODEL.fastmsfd CATEGORY_FOLDER
+    .venv/bin/python scripts/experiments/border_calibration.py MODEL.fastmsfd CATEGORY_FOLDER
 
 The statistics come from the category's train/good images (at most 256, evenly spaced), as fit() measures them
 (fit uses its training split only; this script cannot know which images a loaded model held out). Test labels

@@ -2,7 +2,7 @@
 exported alone to ONNX and run in ONNX Runtime and OpenVINO at batch 8. MSFD runs two such networks (teacher and
 student) per image, so its end-to-end throughput cannot exceed half of this.
 
-    .venv/bin/python scripts/backbone_ceiling.py [--backbone resnet18 efficientnet_lite0] [--image-size 256]
+    .venv/bin/python scripts/experiments/backbone_ceiling.py [--backbone resnet18 efficientnet_lite0] [--image-size 256]
 """
 from __future__ import annotations
 
