@@ -18,6 +18,12 @@ from .runtimes import PRECISIONS
 MAP_NORMS = ("border", None)
 
 
+def one_of(name: str, value, choices) -> None:
+    """Refuse a value outside its choices, naming the setting and the choices."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+
+
 def _finite(name: str, value, minimum: float = 0.0, strict: bool = False) -> float:
     ok = isinstance(value, (int, float)) and math.isfinite(value) and (value > minimum if strict else
                                                                         value >= minimum)
@@ -37,8 +43,7 @@ class NetworkConfig:
     def __post_init__(self):
         if not isinstance(self.image_size, int) or isinstance(self.image_size, bool) or self.image_size < 32:
             raise ValueError(f"image_size must be an int >= 32, got {self.image_size!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        one_of("precision", self.precision, PRECISIONS)
         object.__setattr__(self, "layers", tuple(self.layers))
 
 
@@ -58,12 +63,9 @@ class MapConfig:
         _finite("sigma_factor", self.sigma_factor, strict=True)
         if self.blur_sigma is not None:
             _finite("blur_sigma", self.blur_sigma)
-        if self.aggregate not in AGGREGATIONS:
-            raise ValueError(f"aggregate must be one of {AGGREGATIONS}, got {self.aggregate!r}")
-        if self.upsampling not in UPSAMPLINGS:
-            raise ValueError(f"upsampling must be one of {UPSAMPLINGS}, got {self.upsampling!r}")
-        if self.map_norm not in MAP_NORMS:
-            raise ValueError(f"map_norm must be one of {MAP_NORMS}, got {self.map_norm!r}")
+        one_of("aggregate", self.aggregate, AGGREGATIONS)
+        one_of("upsampling", self.upsampling, UPSAMPLINGS)
+        one_of("map_norm", self.map_norm, MAP_NORMS)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch import nn
 
 from . import ops
+from .config import one_of
 from .distributed import shard
 from .errors import CheckpointError, TrainingDivergedError
 
@@ -160,12 +161,9 @@ def distill(teacher: nn.Module, student: nn.Module, features: Callable, train_u8
     features(x) -> (teacher feats, student feats) of a normalised batch; prepare(uint8 batch) -> normalised."""
     from tqdm.auto import tqdm
 
-    if cfg.augment not in AUGMENTATIONS:
-        raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {cfg.augment!r}")
-    if cfg.optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {cfg.optimizer!r}")
-    if cfg.schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
+    one_of("augment", cfg.augment, AUGMENTATIONS)
+    one_of("optimizer", cfg.optimizer, OPTIMIZERS)
+    one_of("schedule", cfg.schedule, SCHEDULES)
     start = time.perf_counter()
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
