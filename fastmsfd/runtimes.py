@@ -163,12 +163,6 @@ def choose(runtime: str, device: torch.device, precision: str, cpu: CpuInfo | No
     return Choice(runtime, precision, "; ".join(why) or "requested")
 
 
-def resolve(runtime: str, device: torch.device, precision: str) -> tuple[str, str]:
-    """The runtime to use and why (choose() also gives the precision)."""
-    choice = choose(runtime, device, precision)
-    return choice.runtime, choice.reason
-
-
 class OnnxRuntimeRunner:
     def __init__(self, onnx_model: bytes, threads: int | None = None):
         import onnxruntime as ort
