@@ -133,7 +133,7 @@ def run_bench(backbone: str = "efficientnet_lite0", image_size: int = 256, batch
 
         arrays = [np.asarray(im) for im in _arrays(batch * 4, image_size + 44)]  # need a resize, like a camera's
 
-        def measure_predict(det, runtime, precision, graph_row):
+        def measure_predict(det, runtime, precision):
             """predict() on in-memory uint8 arrays (decoded, checked, resized, inferred) against the graph alone
             fed ready uint8 batches: the share of the graph's speed that users get."""
             graph, full = _paired_median_seconds([lambda: ([det._infer(u8) for _ in range(4)], sync()),
@@ -171,7 +171,7 @@ def run_bench(backbone: str = "efficientnet_lite0", image_size: int = 256, batch
                     label = runtime + ("+compile" if compile and runtime == "torch" else "")
                     measure("fastmsfd", label, precision, lambda: det._infer(u8[:1]), lambda: det._infer(u8),
                             lambda: det.predict(files, batch_size=batch))
-                    measure_predict(det, label, precision, rows[-1])
+                    measure_predict(det, label, precision)
     base = rows[0]
     for r in rows:
         if r["pipeline"].startswith("predict"):

@@ -24,10 +24,14 @@ def layer_weights(distances: Sequence[torch.Tensor], quantile: float = LAYER_WEI
     return torch.tensor([1.0 / max(v, 1e-12) for v in q])
 
 
-def threshold(scores: torch.Tensor, quantile: float) -> float:
-    """The `quantile` of normal images' scores: about (1 - quantile) of normal parts score above it."""
+def check_quantile(quantile: float) -> None:
     if not 0 < quantile <= 1:
         raise ValueError(f"quantile must be in (0, 1], got {quantile}")
+
+
+def threshold(scores: torch.Tensor, quantile: float) -> float:
+    """The `quantile` of normal images' scores: about (1 - quantile) of normal parts score above it."""
+    check_quantile(quantile)
     if not torch.isfinite(scores).all():
         raise ValueError("calibrate: some normal images gave NaN/inf scores")
     return float(torch.quantile(scores.double(), quantile))

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from .report import fmt, write_csv, write_text
+from .runtimes import PRECISIONS, RUNTIMES
 
 DESCRIPTION = """Fast Multi-Scale Feature Distillation anomaly detection.
 
@@ -53,8 +54,6 @@ def _add_map_norm_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _add_inference_args(p: argparse.ArgumentParser) -> None:
-    from .runtimes import PRECISIONS, RUNTIMES
-
     p.add_argument("--runtime", default="auto", choices=RUNTIMES,
                    help="inference runtime (default: auto = the fastest for this CPU; `fastmsfd info` says which)")
     p.add_argument("--precision", default=None, choices=PRECISIONS,
@@ -335,7 +334,7 @@ def cmd_info(args) -> int:
     from .runtimes import choose, cpu_info, runtime_status
 
     cpu = cpu_info()
-    print(f"cpu: {cpu.model}; ISA: {', '.join(sorted(cpu.flags)) or 'none of ' + 'AVX2/AVX-512/AMX'}; "
+    print(f"cpu: {cpu.model}; ISA: {', '.join(sorted(cpu.flags)) or 'none of AVX2/AVX-512/AMX'}; "
           f"native bf16: {'yes' if cpu.native_bf16 else 'no'}")
     print("inference runtimes:")
     for name, why in runtime_status().items():
@@ -436,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", nargs="+", type=int, default=[8])
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--runtime", nargs="+", default=["torch", "onnxruntime", "openvino"])
-    p.add_argument("--precision", nargs="+", default=["float32"], choices=["float32", "bfloat16", "float16"],
+    p.add_argument("--precision", nargs="+", default=["float32"], choices=[p for p in PRECISIONS if p != "auto"],
                    help="precisions to measure; a runtime that cannot run one is skipped")
     p.add_argument("--reps", type=int, default=10, help="repetitions per measurement (median reported)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (the exported runtimes run on the CPU only)")

@@ -126,10 +126,8 @@ def _tensor_to_chw_list(t: torch.Tensor, where: str, keep_u8: bool = False) -> l
         raise ValueError(f"{where}: expected a (B, C, H, W) or (C, H, W) tensor, got shape {tuple(t.shape)}")
     if t.shape[0] == 0:
         raise ValueError(f"{where}: empty batch")
-    if t.dtype == torch.uint8 and keep_u8:
-        pass
-    elif t.dtype == torch.uint8:
-        t = t.float() / 255.0
+    if t.dtype == torch.uint8:
+        t = t if keep_u8 else t.float() / 255.0
     elif t.is_floating_point():
         t = t.float()
     else:

@@ -399,8 +399,7 @@ class Detector(nn.Module):
     def calibrate(self, normal_images, quantile: float = 0.99, batch_size: int = 16) -> float:
         """Set the threshold from defect-free images only: the `quantile` of their scores. About
         (1 - quantile) of normal parts will then be flagged; labels are score > threshold."""
-        if not 0 < quantile <= 1:
-            raise ValueError(f"quantile must be in (0, 1], got {quantile}")  # before any inference
+        calibration.check_quantile(quantile)  # before any inference
         if isinstance(normal_images, torch.Tensor) and normal_images.dtype == torch.uint8 \
                 and normal_images.dim() == 4 and normal_images.shape[-1] == self.image_size:
             scores = torch.cat([self._infer(normal_images[i:i + batch_size])[1].float().cpu()

@@ -143,7 +143,7 @@ def choose(runtime: str, device: torch.device, precision: str, cpu: CpuInfo | No
     why = []
     if precision == "auto":
         candidates = [r for r in ((runtime,) if runtime != "auto" else ("openvino", "torch")) if status[r] is None]
-        bf16 = [r for r in candidates if r != "onnxruntime" and precision_accepted(r, "bfloat16")]
+        bf16 = [r for r in candidates if precision_accepted(r, "bfloat16")]
         if cpu.native_bf16 and bf16:
             precision, runtime = "bfloat16", (runtime if runtime != "auto" else bf16[0])
             why.append(f"precision auto: native bf16 ({', '.join(sorted(cpu.flags & {'avx512_bf16', 'amx_bf16'}))})"

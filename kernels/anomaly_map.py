@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fastmsfd.ops import reference
 from fastmsfd.ops.reference import AGGREGATIONS  # MODE is an index into it
 
 from . import distance as _distance
@@ -133,11 +134,8 @@ def fused_anomaly_map(teacher: list[torch.Tensor], student: list[torch.Tensor], 
     if blur_rows is None and topk_count == 0 and tile_max is not None:
         return heat, tile_max.reshape(B, -1).amax(dim=1)
     if blur_rows is not None:
-        heat = blur_rows.to(heat.device) @ heat @ blur_cols.to(heat.device).T
-    flat = heat.reshape(B, H * W)
-    if topk_count == 0:
-        return heat, flat.amax(dim=1)
-    return heat, flat.topk(min(topk_count, H * W), dim=1).values.mean(dim=1)
+        heat = reference.upsample(heat, blur_rows.to(heat.device), blur_cols.to(heat.device))
+    return heat, reference.score_of_top(heat, topk_count)
 
 
 def run(teacher_feats, student_feats, p, alpha: float, beta: float):

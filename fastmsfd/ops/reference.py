@@ -135,11 +135,15 @@ def topk_count(topk: float, n_pixels: int) -> int:
 
 def image_score(heat: torch.Tensor, topk: float | None = None) -> torch.Tensor:
     """The heatmap maximum, or the mean of its top-k fraction (0 < topk <= 1). NaN propagates."""
+    return score_of_top(heat, 0 if topk is None else topk_count(topk, heat.flatten(1).shape[1]))
+
+
+def score_of_top(heat: torch.Tensor, k: int) -> torch.Tensor:
+    """The mean of each heatmap's k largest pixels; k == 0: the maximum. NaN propagates."""
     flat = heat.flatten(1)
-    if topk is None:
+    if k == 0:
         return flat.max(dim=1).values if flat.shape[1] else flat.new_zeros(flat.shape[0])
-    k = topk_count(topk, flat.shape[1])
-    return flat.topk(k, dim=1).values.mean(dim=1)
+    return flat.topk(min(k, flat.shape[1]), dim=1).values.mean(dim=1)
 
 
 @dataclass(frozen=True)
