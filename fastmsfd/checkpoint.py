@@ -98,3 +98,57 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     except (KeyError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path}: configuration block missing or corrupt ({exc})") from None
     return tensors, config
+
+
+# ---- a Detector in a checkpoint -------------------------------------------------------------------------
+# settings every file has carried since format version 1; later settings fall back to their old behaviour
+REQUIRED_SETTINGS = ("backbone", "layers", "image_size", "precision", "alpha", "beta", "sigma_factor", "aggregate",
+                     "score_topk", "blur_sigma")
+BUFFERS = ("layer_weights", "mean", "std")
+MAP_NORM_BUFFERS = ("map_mean", "map_std")
+
+
+def save_detector(det, path: str | os.PathLike) -> None:
+    """Teacher, student, buffers and configuration of a Detector in one file."""
+    tensors = {f"teacher.{k}": v for k, v in det.teacher.state_dict().items()}
+    tensors.update({f"student.{k}": v for k, v in det.student.state_dict().items()})
+    tensors.update({name: getattr(det, name) for name in BUFFERS}, threshold=det.threshold.reshape(1))
+    if det.settings.map.map_norm:
+        tensors.update({name: getattr(det, name) for name in MAP_NORM_BUFFERS})
+    save_checkpoint(path, tensors, dict(det.config, fitted=det.fitted, fastmsfd_version=__version__))
+
+
+def load_detector(cls, path: str | os.PathLike, **runtime_kwargs):
+    """A Detector of class cls from a file (see Detector.load); runtime_kwargs: runtime, ops_backend."""
+    import warnings
+
+    tensors, config = load_checkpoint(path)
+    missing = [k for k in REQUIRED_SETTINGS if k not in config]
+    if missing:
+        raise CheckpointError(f"{path}: configuration lacks {missing}")
+    try:
+        with warnings.catch_warnings():  # random init is immediately overwritten by the file's weights
+            warnings.simplefilter("ignore")
+            # files written before map_norm existed scored the raw heatmap: they keep doing so
+            det = cls(**{k: config[k] for k in REQUIRED_SETTINGS}, weights="random", device="cpu",
+                      upsampling=config.get("upsampling", "gaussian"), map_norm=config.get("map_norm"),
+                      **runtime_kwargs)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: configuration not usable by this fastmsfd ({exc})") from None
+    for name, module in (("teacher", det.teacher), ("student", det.student)):
+        state = {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")}
+        try:
+            module.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{path}: {name} weights do not match backbone "
+                                  f"{config['backbone']} {config['layers']} ({str(exc)[:200]})") from None
+    for name in BUFFERS + (MAP_NORM_BUFFERS if det.settings.map.map_norm else ()):
+        if name not in tensors or tensors[name].shape != getattr(det, name).shape:
+            raise CheckpointError(f"{path}: {name} missing or of the wrong shape")
+        getattr(det, name).copy_(tensors[name])
+    det.threshold.fill_(float(tensors["threshold"][0]) if "threshold" in tensors else float("nan"))
+    settings = set(det.settings.to_dict()) | {"fitted", "fastmsfd_version"}
+    det.info.update({k: v for k, v in config.items() if k not in settings})
+    det.settings = det.settings.replace(random_teacher=bool(config.get("random_teacher", False)))
+    det.fitted = bool(config.get("fitted", True))
+    return det

@@ -4,8 +4,6 @@ from __future__ import annotations
 import math
 import os
 import threading
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Sequence
@@ -15,40 +13,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import calibration, ops
-from ._version import __version__
 from .backbones import build_student, build_teacher, default_layers, normalization
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_detector, save_detector
 from .config import DetectorConfig
 from .data import iter_batches
-from .datasets import normal_images_u8
-from .distributed import data_parallel, init_from_env, rank_device
-from .errors import CheckpointError, DataError
 from .ops import reference
+from .prediction import Prediction
 from .runtimes import RUNTIMES
-from .train import TrainConfig, TrainHistory, auto_epochs, distill
+from .train import TrainHistory
 
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
               "auto": None}  # auto: chosen per machine (runtimes.choose)
-MAP_NORM_MAX_IMAGES = 256  # normal images whose heatmaps give the border statistics (an even subsample beyond)
-
-
-@dataclass
-class Prediction:
-    """Results of Detector.predict for a batch of B images."""
-    heatmaps: torch.Tensor            # (B, S, S) float32 at the detector's image_size
-    scores: torch.Tensor              # (B,) float32
-    labels: torch.Tensor | None       # (B,) bool: score > threshold (None when not calibrated)
-    masks: torch.Tensor | None        # (B, S, S) bool: heatmap > threshold (None when not calibrated)
-    sizes: list[tuple[int, int]]      # original (H, W) of each input
-    names: list[str | None]           # file paths where the inputs were files
-
-    def __len__(self) -> int:
-        return len(self.scores)
-
-    def heatmap_at_input_size(self, i: int) -> torch.Tensor:
-        """Heatmap i resized (bilinear) to its input's original size."""
-        h, w = self.sizes[i]
-        return F.interpolate(self.heatmaps[i][None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
 
 
 class Detector(nn.Module):
@@ -276,85 +251,11 @@ class Detector(nn.Module):
         stopping, the per-layer weights and the default threshold. epochs=None: about 3,000 training images seen
         (train.auto_epochs: 40 epochs for 75 images, 12 for 250, 4 for 700), since longer training measurably
         blurs what the student gets wrong (docs/defaults.md). Returns self."""
-        if self.settings.network.precision == "float16":
-            raise ValueError(
-                "fit: precision='float16' would need loss scaling, which fastmsfd's training does not do (small "
-                "float16 gradients underflow to zero). Fit with precision='float32' or 'bfloat16' (bfloat16 needs no "
-                "scaling), save, then Detector.load(path, precision='float16') to infer in float16.")
-        images = normal_images_u8(source, self.image_size, progress)
-        n = len(images)
-        if n < 2:
-            raise DataError(f"fit needs at least 2 normal images, got {n}")
-        gen = torch.Generator().manual_seed(seed)
-        order = torch.randperm(n, generator=gen)
-        n_val = min(max(1, round(n * val_fraction)), n - 2) if n >= 5 else 0
-        val = images[order[:n_val]] if n_val else images
-        train = images[order[n_val:]]
-        # A fresh student initialised from the seed: fit is reproducible across processes and a second fit starts
-        # from scratch instead of continuing the first.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            student = build_student(self.settings.network.backbone, self.layers)
-        device = rank_device(self.device)  # torchrun on GPUs: this rank's own GPU
-        if device != self.device:
-            self.to(device)
-        self.student = student.to(device, memory_format=torch.channels_last)
-        rank, world = init_from_env(device)  # torchrun: one shard of every global batch per process
-        if epochs is None:
-            epochs = auto_epochs(len(train))
-        cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, alpha=self.settings.map.alpha,
-                          beta=self.settings.map.beta, seed=seed, progress=progress and rank == 0, rank=rank,
-                          world_size=world, ops_backend=self.ops_backend, **train_kwargs)
-        self.layer_weights.fill_(1.0)
-        self.map_mean.zero_()
-        self.map_std.fill_(1.0)
-        self.teacher.fit_statistics(self._prepare(train[i:i + 32]) for i in range(0, len(train), 32))
-        self._fitting = True
-        try:
-            with data_parallel(self.student, device, world) as student:  # torchrun: DDP + global-batch BatchNorm
-                features = self.features if world == 1 else (lambda x: self._features(x, student))
-                self.history = distill(self.teacher, self.student, features, train, val, self._prepare, cfg)
-        finally:
-            self._fitting = False
-        self.eval()
-        self._set_layer_weights(val)
-        if self.settings.map.map_norm:
-            self._set_map_statistics(train)
-        self.fitted = True
-        self.reset_runtime()
-        self.calibrate(val, quantile=calibrate_quantile)
-        self.info.update(n_train=len(train), n_val=n_val, epochs_run=len(self.history.val_loss),
-                           fit_seconds=round(self.history.seconds, 2))
+        from .fit import fit_detector
+
+        fit_detector(self, source, epochs, batch_size, lr, val_fraction, seed, progress, calibrate_quantile,
+                     **train_kwargs)
         return self
-
-    def _batched_features(self, images_u8: torch.Tensor, batch_size: int = 16):
-        """Teacher and student features of uint8 images at image_size, one batch at a time."""
-        for i in range(0, len(images_u8), batch_size):
-            yield self.features(self._prepare(images_u8[i:i + batch_size]))
-
-    @torch.no_grad()
-    def _set_layer_weights(self, images_u8: torch.Tensor) -> None:
-        """w_l = 1 / (99th percentile of layer l's cell distances on held-out normal images): each layer's
-        normal range maps to about 1, so no single scale dominates the sum."""
-        per_layer: list[list[torch.Tensor]] = [[] for _ in self.layers]
-        for t, s in self._batched_features(images_u8):
-            for layer, (tl, sl) in enumerate(zip(t, s)):
-                d = reference.combined_distance(tl, sl, self.settings.map.alpha, self.settings.map.beta)
-                per_layer[layer].append(d.flatten())
-        self.layer_weights.copy_(calibration.layer_weights([torch.cat(d) for d in per_layer]))
-
-    @torch.no_grad()
-    def _set_map_statistics(self, images_u8: torch.Tensor) -> None:
-        """map_mean / map_std from the raw heatmaps of normal images, pooled by distance to the border. fit()
-        passes the training images, not the small held-out part: the ring statistics need many images (the demo's
-        8 held-out crops were too noisy). The student fits its training images more closely, but a shift or scale
-        shared by all pixels changes no ranking, and the threshold is calibrated afterwards on held-out images."""
-        step = max(1, math.ceil(len(images_u8) / MAP_NORM_MAX_IMAGES))
-        heat = torch.cat([self.maps_from_features(t, s, standardize=False)[0]
-                          for t, s in self._batched_features(images_u8[::step])])
-        mean, std = calibration.border_statistics(heat)
-        self.map_mean.copy_(mean)
-        self.map_std.copy_(std)
 
     # ---- inference -----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -383,12 +284,7 @@ class Detector(nn.Module):
         from tqdm.auto import tqdm
 
         parts = list(tqdm(self.predict_iter(images, batch_size), desc="predicting", disable=not progress))
-        def cat(xs):
-            return None if xs[0] is None else torch.cat(xs)
-
-        return Prediction(torch.cat([p.heatmaps for p in parts]), torch.cat([p.scores for p in parts]),
-                          cat([p.labels for p in parts]), cat([p.masks for p in parts]),
-                          [hw for p in parts for hw in p.sizes], [n for p in parts for n in p.names])
+        return Prediction.concat(parts)
 
     def train(self, mode: bool = True) -> "Detector":
         super().train(mode)
@@ -414,54 +310,15 @@ class Detector(nn.Module):
     # ---- persistence ---------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
         """Write a self-contained .fastmsfd file (teacher, student, config, preprocessing, weights, threshold)."""
-        tensors = {f"teacher.{k}": v for k, v in self.teacher.state_dict().items()}
-        tensors.update({f"student.{k}": v for k, v in self.student.state_dict().items()})
-        tensors.update(layer_weights=self.layer_weights, threshold=self.threshold.reshape(1),
-                       mean=self.mean, std=self.std)
-        if self.settings.map.map_norm:
-            tensors.update(map_mean=self.map_mean, map_std=self.map_std)
-        config = dict(self.config, fitted=self.fitted, fastmsfd_version=__version__)
-        save_checkpoint(path, tensors, config)
+        save_detector(self, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, runtime: str = "auto", device: str | torch.device = "cpu",
              ops_backend: str = "auto", precision: str | None = None) -> "Detector":
         """A saved detector; precision (default: the file's) sets the inference precision, e.g. float16 for a
-        detector fitted in float32."""
+        detector fitted in float32. Loading runs no code from the file (safetensors, checked)."""
         if precision is not None and precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
-        tensors, config = load_checkpoint(path)
-        config = dict(config)
-        known = ("backbone", "layers", "image_size", "precision", "alpha", "beta", "sigma_factor", "aggregate",
-                 "score_topk", "blur_sigma")
-        missing = [k for k in known if k not in config]
-        if missing:
-            raise CheckpointError(f"{path}: configuration lacks {missing}")
-        try:
-            with warnings.catch_warnings():  # random init is immediately overwritten by the file's weights
-                warnings.simplefilter("ignore")
-                # files written before map_norm existed scored the raw heatmap: they keep doing so
-                det = cls(**{k: config[k] for k in known}, weights="random", runtime=runtime, device="cpu",
-                          ops_backend=ops_backend, upsampling=config.get("upsampling", "gaussian"),
-                          map_norm=config.get("map_norm"))
-        except ValueError as exc:
-            raise CheckpointError(f"{path}: configuration not usable by this fastmsfd ({exc})") from None
-        for name, module in (("teacher", det.teacher), ("student", det.student)):
-            state = {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")}
-            try:
-                module.load_state_dict(state, strict=True)
-            except RuntimeError as exc:
-                raise CheckpointError(f"{path}: {name} weights do not match backbone "
-                                      f"{config['backbone']} {config['layers']} ({str(exc)[:200]})") from None
-        stats = ("map_mean", "map_std") if det.settings.map.map_norm else ()
-        for name in ("layer_weights", "mean", "std") + stats:
-            if name not in tensors or tensors[name].shape != getattr(det, name).shape:
-                raise CheckpointError(f"{path}: {name} missing or of the wrong shape")
-            getattr(det, name).copy_(tensors[name])
-        det.threshold.fill_(float(tensors["threshold"][0]) if "threshold" in tensors else float("nan"))
-        settings = set(det.settings.to_dict()) | {"fitted", "fastmsfd_version"}
-        det.info.update({k: v for k, v in config.items() if k not in settings})
-        det.settings = det.settings.replace(random_teacher=bool(config.get("random_teacher", False)))
-        det.fitted = bool(config.get("fitted", True))
+        det = load_detector(cls, path, runtime=runtime, ops_backend=ops_backend)
         det.reset_runtime(precision=precision)
         return det.to(device)

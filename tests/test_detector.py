@@ -261,7 +261,7 @@ def test_bilinear_upsampling_detector_round_trip_and_export(fitted, tmp_path):
 
 
 def test_default_training_length_is_an_image_budget(monkeypatch):
-    import fastmsfd.detector
+    import fastmsfd.fit
     from fastmsfd.train import MAX_AUTO_EPOCHS, TRAIN_IMAGES_BUDGET, auto_epochs
 
     assert auto_epochs(1) == MAX_AUTO_EPOCHS and auto_epochs(10**6) == 1
@@ -269,7 +269,7 @@ def test_default_training_length_is_an_image_budget(monkeypatch):
     counts = [auto_epochs(n) for n in range(1, 5000, 37)]
     assert counts == sorted(counts, reverse=True)  # more images, never more epochs
     asked = []
-    monkeypatch.setattr(fastmsfd.detector, "auto_epochs", lambda n: asked.append(n) or 2)  # fit asks, with n_train
+    monkeypatch.setattr(fastmsfd.fit, "auto_epochs", lambda n: asked.append(n) or 2)  # fit asks, with n_train
     det = Detector(image_size=SIZE).fit(_images(12), batch_size=4, progress=False, patience=100)
     assert asked == [det.config["n_train"]] and det.config["epochs_run"] == 2
 
@@ -292,6 +292,7 @@ def test_unknown_optimizer_or_schedule_is_refused():
 
 def test_fit_measures_border_statistics_and_predict_standardises(fitted):
     from fastmsfd import calibration
+    from fastmsfd.fit import set_border_statistics
     from fastmsfd.ops import reference
 
     assert fitted.config["map_norm"] == "border" and "map_norm=border" in repr(fitted)
@@ -302,7 +303,7 @@ def test_fit_measures_border_statistics_and_predict_standardises(fitted):
         raw = fitted.maps_from_features(*fitted.features(fitted._prepare(x)), standardize=False)[0]
     saved = fitted.map_mean.clone(), fitted.map_std.clone()
     try:
-        fitted._set_map_statistics(x)
+        set_border_statistics(fitted, x)
         mean, std = calibration.border_statistics(raw)
         torch.testing.assert_close(fitted.map_mean, mean, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(fitted.map_std, std, rtol=1e-5, atol=1e-6)

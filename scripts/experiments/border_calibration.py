@@ -26,12 +26,13 @@ def main() -> None:
     from fastmsfd.data import load_resized
     from fastmsfd.datasets import training_paths
     from fastmsfd.evaluate import evaluate_category
+    from fastmsfd.fit import set_border_statistics
 
     det = Detector.load(args.model, runtime="torch")
     det.settings = det.settings.replace(map_norm=None)
     raw = evaluate_category(det, args.category).metrics
     det.settings = det.settings.replace(map_norm="border")
-    det._set_map_statistics(load_resized(training_paths(args.category), det.image_size, False))
+    set_border_statistics(det, load_resized(training_paths(args.category), det.image_size, False))
     std = evaluate_category(det, args.category).metrics
     ring = calibration.border_distance(det.image_size, det.image_size)
     edge, centre = float(det.map_std[ring == 0].mean()), float(det.map_std[ring == int(ring.max())].mean())
