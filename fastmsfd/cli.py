@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from .report import fmt, write_csv, write_text
+from .report import fmt, write_text
 from .runtimes import PRECISIONS, RUNTIMES
 
 DESCRIPTION = """Fast Multi-Scale Feature Distillation anomaly detection.
@@ -83,70 +83,12 @@ def _fit(det, data, args, state_path=None, resume=False):
                    resume=resume)
 
 
-def _write_overlays(result, out_dir: Path, threshold: float, limit: int = 8) -> int:
-    """Overlays for the most anomalous images of each defect type and for the highest-scoring good ones."""
-    import numpy as np
-
-    from .data import read_image
-    from .viz import overlay_vmax, save_overlay
-
-    vmax = overlay_vmax(threshold, result.heatmaps)
-    written = 0
-    by_type: dict[str, list[int]] = {}
-    for i, s in enumerate(result.samples):
-        by_type.setdefault(s.defect, []).append(i)
-    for defect, idx in sorted(by_type.items()):
-        for i in sorted(idx, key=lambda j: -result.scores[j])[:limit]:
-            s = result.samples[i]
-            pred_mask = result.heatmaps[i] > threshold if np.isfinite(threshold) else None
-            save_overlay(out_dir / f"{defect}_{s.path.stem}.png", read_image(s.path), result.heatmaps[i], vmax,
-                         pred_mask)
-            written += 1
-    return written
-
-
 def cmd_demo(args) -> int:
-    from . import Detector
-    from .demo_data import make_demo_dataset
-    from .evaluate import evaluate_category
+    from .demo import run_demo
 
-    out = Path(args.out)
-    cats = make_demo_dataset(out / "data", seed=args.seed)
-    print(f"demo data: {', '.join(c.name for c in cats)} in {out / 'data'} (MVTec AD layout)")
-    rows = []
-    for cat in cats:
-        t0 = time.perf_counter()
-        det = Detector(image_size=args.image_size, score_topk=args.score_topk,
-                       map_norm=_choice_or_none(args.map_norm))
-        det.fit(cat, epochs=args.epochs, lr=args.lr, seed=args.seed, progress=not args.quiet,
-                augment=_choice_or_none(args.augment))
-        fit_s = time.perf_counter() - t0
-        det.save(out / cat.name / "model.fastmsfd")
-        res = evaluate_category(det, cat)
-        n = _write_overlays(res, out / cat.name / "overlays", float(det.threshold), limit=3)
-        write_csv(out / cat.name / "scores.csv", ["path", "defect", "score", "predicted_anomalous"],
-                  [[s.path, s.defect, f"{score:.6f}", bool(score > float(det.threshold))]
-                   for s, score in zip(res.samples, res.scores)])
-        rows.append(dict(category=cat.name, fit_seconds=round(fit_s, 1), epochs=len(det.history.val_loss),
-                         threshold=float(det.threshold), resolution=res.resolution, **res.metrics))
-        print(f"  {cat.name}: image AUROC {fmt(res.metrics['image_auroc'])}, pixel AUROC "
-              f"{fmt(res.metrics['pixel_auroc'])}, AUPRO {fmt(res.metrics['aupro'])}, fit {fit_s:.0f}s, "
-              f"{n} overlays")
-    keys = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "f1_at_threshold")
-    mean = {k: sum(r[k] for r in rows) / len(rows) for k in keys if all(r[k] is not None for r in rows)}
-    summary = {"categories": rows, "mean": mean, "image_size": args.image_size, "epochs_max": args.epochs,
-               "seed": args.seed, "lr": args.lr, "augment": args.augment, "map_norm": args.map_norm}
-    write_text(out / "summary.json", json.dumps(summary, indent=2))
-    lines = ["| category | image AUROC | pixel AUROC | AUPRO | F1-max | fit s |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['category']} | {fmt(r['image_auroc'])} | {fmt(r['pixel_auroc'])} | {fmt(r['aupro'])} | "
-              f"{fmt(r['f1_max'])} | {r['fit_seconds']} |" for r in rows]
-    lines.append(f"| mean | {fmt(mean.get('image_auroc'))} | {fmt(mean.get('pixel_auroc'))} | "
-                 f"{fmt(mean.get('aupro'))} | {fmt(mean.get('f1_max'))} | "
-                 f"{sum(r['fit_seconds'] for r in rows):.1f} |")
-    table = "\n".join(lines)
-    write_text(out / "summary.md", f"Evaluated at {args.image_size}x{args.image_size}.\n\n{table}\n")
-    print(table)
-    print(f"wrote {out / 'summary.json'}, {out / 'summary.md'}, overlays and models under {out}/")
+    run_demo(args.out, image_size=args.image_size, epochs=args.epochs, lr=args.lr, seed=args.seed,
+             score_topk=args.score_topk, map_norm=_choice_or_none(args.map_norm),
+             augment=_choice_or_none(args.augment), progress=not args.quiet)
     return 0
 
 
@@ -176,57 +118,22 @@ def cmd_fit(args) -> int:
 
 
 def cmd_predict(args) -> int:
-
-    from .data import list_images, read_image
-    from .errors import FastMSFDError
-    from .viz import overlay_vmax, save_overlay
+    from .batch import expand_paths, score_files, write_scores
 
     det = _load_detector(args.model, args)
-    paths: list[Path] = []
-    for item in args.images:
-        p = Path(item)
-        if p.is_dir():
-            paths += list_images(p)
-        else:
-            paths.append(p)
     out = Path(args.out)
-    thr = float(det.threshold)
-    rows, bad = [], []
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(paths), desc="predicting", unit="img", disable=args.quiet or len(paths) < 8)
-    for i in range(0, len(paths), args.batch_size):
-        chunk = paths[i:i + args.batch_size]
-        good = []
-        for p in chunk:  # decode once here to sort bad files out; predict gets the arrays
-            try:
-                good.append((p, read_image(p)))
-            except FastMSFDError as exc:
-                bad.append((p, str(exc)))
-        if good:
-            pred = det.predict([a for _, a in good], batch_size=args.batch_size)
-            for j, (p, arr) in enumerate(good):
-                score = float(pred.scores[j])
-                label = None if pred.labels is None else bool(pred.labels[j])
-                rows.append((p, score, label))
-                if not args.no_overlays:
-                    heat = pred.heatmaps[j].numpy()
-                    vmax = overlay_vmax(thr, heat)
-                    save_overlay(out / "overlays" / f"{p.stem}.png", arr, heat, vmax,
-                                 None if pred.masks is None else pred.masks[j].numpy())
-        bar.update(len(chunk))
-    bar.close()
-    write_csv(out / "scores.csv", ["path", "score", "anomalous", "error"],
-              [[p, f"{score:.6f}", "" if label is None else label, ""] for p, score, label in rows] +
-              [[p, "", "", err] for p, err in bad])
-    n_anom = sum(1 for _, _, lab in rows if lab)
-    print(f"{len(rows)} images scored ({n_anom} anomalous at threshold {thr:.4g}), {len(bad)} unreadable; "
-          f"wrote {out / 'scores.csv'}")
-    for p, err in bad:
-        print(f"  skipped: {err}", file=sys.stderr)
-    if not rows and bad:
+    results = score_files(det, expand_paths(args.images), args.batch_size,
+                          None if args.no_overlays else out / "overlays", progress=not args.quiet)
+    write_scores(out / "scores.csv", results)
+    bad = [r for r in results if r.error]
+    n_anom = sum(1 for r in results if r.anomalous)
+    print(f"{len(results) - len(bad)} images scored ({n_anom} anomalous at threshold {float(det.threshold):.4g}), "
+          f"{len(bad)} unreadable; wrote {out / 'scores.csv'}")
+    for r in bad:
+        print(f"  skipped: {r.error}", file=sys.stderr)
+    if bad and (args.strict or len(bad) == len(results)):
         return 1
-    return 1 if (bad and args.strict) else 0
+    return 0
 
 
 def _eval_categories(args):

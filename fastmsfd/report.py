@@ -41,6 +41,13 @@ def write_csv(path: Path, header: list[str], rows) -> None:
     write_text(path, buf.getvalue())
 
 
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    """A Markdown table; cells are formatted with fmt() unless they are strings already."""
+    cells = [[c if isinstance(c, str) else fmt(c) for c in row] for row in rows]
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] +
+                      ["| " + " | ".join(row) + " |" for row in cells])
+
+
 def _secs(v) -> str:
     return "-" if v is None else f"{v:.1f}"
 
