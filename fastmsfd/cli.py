@@ -121,20 +121,42 @@ def cmd_fit(args) -> int:
 def cmd_predict(args) -> int:
     from .batch import expand_paths, score_files, write_scores
 
-    det = _load_detector(args.model, args)
     out = Path(args.out)
-    results = score_files(det, expand_paths(args.images), args.batch_size,
-                          None if args.no_overlays else out / "overlays", progress=not args.quiet)
+    if args.ray:
+        results, thr = _predict_on_ray(args, out)
+    else:
+        det = _load_detector(args.model, args)
+        thr = float(det.threshold)
+        results = score_files(det, expand_paths(args.images), args.batch_size,
+                              None if args.no_overlays else out / "overlays", progress=not args.quiet)
     write_scores(out / "scores.csv", results)
     bad = [r for r in results if r.error]
     n_anom = sum(1 for r in results if r.anomalous)
-    print(f"{len(results) - len(bad)} images scored ({n_anom} anomalous at threshold {float(det.threshold):.4g}), "
+    print(f"{len(results) - len(bad)} images scored ({n_anom} anomalous at threshold {thr:.4g}), "
           f"{len(bad)} unreadable; wrote {out / 'scores.csv'}")
     for r in bad:
         print(f"  skipped: {r.error}", file=sys.stderr)
     if bad and (args.strict or len(bad) == len(results)):
         return 1
     return 0
+
+
+def _predict_on_ray(args, out: Path):
+    """predict --ray: the same scores.csv, computed by Ray Data (fastmsfd/ray.py); heatmaps (--heatmaps) instead
+    of overlays."""
+    from . import ray as fray
+    from .checkpoint import load_checkpoint
+
+    tensors, _ = load_checkpoint(args.model)  # a bad model file fails here, before Ray starts
+    ray = fray.init(args.ray)
+    ray.data.DataContext.get_current().enable_progress_bars = not args.quiet
+    ds = fray.predict(args.images, args.model, batch_size=args.batch_size, actors=args.actors,
+                      runtime=args.runtime, heatmaps=args.heatmaps,
+                      heatmap_dir=out / "heatmaps" if args.heatmaps else None)
+    rows = list(ds.iter_rows())
+    results = fray.rows_to_scores(rows)
+    ordered = [r for r in results if not r.error] + [r for r in results if r.error]
+    return ordered, float(tensors["threshold"][0]) if "threshold" in tensors else float("nan")
 
 
 def _eval_categories(args):
@@ -204,9 +226,18 @@ def cmd_export(args) -> int:
     from . import Detector
 
     det = Detector.load(args.model, runtime="torch")
+    S = det.image_size
+    if args.format == "triton":
+        from .triton_repo import write_triton_repository
+
+        folder = write_triton_repository(det, args.output, args.name, args.max_batch)
+        print(f"wrote {folder}/config.pbtxt and {folder}/1/model.onnx: Triton Inference Server, ONNX Runtime "
+              f"backend, input 'images' uint8 [3, {S}, {S}], outputs 'heatmap' and 'score', dynamic batching up to "
+              f"{args.max_batch}; threshold {float(det.threshold):.6g} in its parameters")
+        return 0
     path = det.export_onnx(args.output, dynamic_batch=not args.fixed_batch)
     size_mb = Path(path).stat().st_size / 1e6
-    print(f"wrote {path} ({size_mb:.1f} MB): input 'images' uint8 (batch, 3, {det.image_size}, {det.image_size}) "
+    print(f"wrote {path} ({size_mb:.1f} MB): input 'images' uint8 (batch, 3, {S}, {S}) "
           f"RGB, outputs 'heatmap' and 'score'; threshold {float(det.threshold):.6g} and preprocessing in its "
           "metadata")
     return 0
@@ -314,6 +345,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--strict", action="store_true", help="exit non-zero if any file could not be read")
     p.add_argument("--no-overlays", action="store_true", help="only write scores.csv")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="local|ADDRESS",
+                   help="run on Ray Data: a local cluster (default) or the cluster at ADDRESS (e.g. auto, "
+                        "ray://head:10001); IMAGES may then be any path Ray Data reads (docs/scale-out.md)")
+    p.add_argument("--actors", type=int, default=None, help="--ray: detector actors (default: from the cluster)")
+    p.add_argument("--heatmaps", choices=["npy", "png"], default=None,
+                   help="--ray: also write heatmaps under OUT/heatmaps (npy shards or one png per image)")
     _add_inference_args(p)
     p.set_defaults(fn=cmd_predict)
 
@@ -337,12 +374,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.set_defaults(fn=cmd_eval)
 
-    p = sub.add_parser("export", help="export a checkpoint to ONNX (image -> heatmap, score)",
+    p = sub.add_parser("export", help="export a checkpoint to ONNX or a Triton Inference Server model repository",
                        description="One ONNX graph: uint8 RGB images resized to image_size -> heatmap and score, "
                                    "normalisation inside; threshold and preprocessing in the metadata.")
     p.add_argument("model", help="a .fastmsfd checkpoint")
-    p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
-    p.add_argument("--fixed-batch", action="store_true", help="a fixed batch of 2 instead of a dynamic batch")
+    p.add_argument("-o", "--output", required=True,
+                   help="the .onnx file to write, or the model repository folder with --format triton")
+    p.add_argument("--format", default="onnx", choices=["onnx", "triton"],
+                   help="onnx: one file; triton: a Triton Inference Server model repository "
+                        "(OUTPUT/NAME/config.pbtxt + OUTPUT/NAME/1/model.onnx)")
+    p.add_argument("--name", default="fastmsfd", help="model name in the Triton repository (default: %(default)s)")
+    p.add_argument("--max-batch", type=int, default=8, help="Triton max_batch_size (default: %(default)s)")
+    p.add_argument("--fixed-batch", action="store_true", help="onnx: a fixed batch of 2 instead of a dynamic batch")
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("bench", help="end-to-end speed of each runtime beside the naive eager pipeline",

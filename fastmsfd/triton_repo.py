@@ -1,0 +1,81 @@
+"""A model repository for NVIDIA Triton Inference Server: REPO/<name>/config.pbtxt + REPO/<name>/1/model.onnx.
+
+The ONNX graph is fastmsfd's own export (uint8 RGB images resized to S x S -> heatmap, score; normalisation
+inside), served by Triton's ONNX Runtime backend with dynamic batching. The threshold and the preprocessing a
+client must do travel in the config's parameters (and in the ONNX metadata).
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+from ._version import __version__
+from .checkpoint import atomic_path
+from .export import INPUT_NAME, OUTPUT_NAMES, onnx_bytes
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def config_pbtxt(name: str, image_size: int, threshold: float, max_batch_size: int = 8,
+                 max_queue_delay_us: int = 5000, extra: dict | None = None) -> str:
+    """The model configuration in protobuf text format (Triton's ModelConfig)."""
+    S = image_size
+    params = {"threshold": repr(float(threshold)), "input_format": "RGB uint8 NCHW",
+              "resize": f"each image to {S}x{S}, bilinear with antialiasing (squash), before sending",
+              "normalization": "inside the graph", "label": "anomalous when score > threshold",
+              "fastmsfd_version": __version__, **(extra or {})}
+    param_text = "\n".join(f'parameters {{ key: "{k}" value {{ string_value: {json.dumps(str(v))} }} }}'
+                           for k, v in params.items())
+    preferred = sorted({b for b in (1, 2, 4, max_batch_size) if b <= max_batch_size})
+    heatmap, score = OUTPUT_NAMES
+    return f"""name: "{name}"
+platform: "onnxruntime_onnx"
+max_batch_size: {max_batch_size}
+input [
+  {{ name: "{INPUT_NAME}" data_type: TYPE_UINT8 dims: [ 3, {S}, {S} ] }}
+]
+output [
+  {{ name: "{heatmap}" data_type: TYPE_FP32 dims: [ {S}, {S} ] }},
+  {{ name: "{score}" data_type: TYPE_FP32 dims: [ 1 ] reshape: {{ shape: [ ] }} }}
+]
+dynamic_batching {{
+  preferred_batch_size: [ {", ".join(map(str, preferred))} ]
+  max_queue_delay_microseconds: {max_queue_delay_us}
+}}
+{param_text}
+"""
+
+
+def write_triton_repository(detector, repo: str | Path, name: str = "fastmsfd", max_batch_size: int = 8,
+                            max_queue_delay_us: int = 5000) -> Path:
+    """Write REPO/<name>/ (config.pbtxt, 1/model.onnx); replaces an existing model of that name as a whole
+    (built beside it, then renamed into place). Returns the model folder."""
+    if not NAME_PATTERN.match(name):
+        raise ValueError(f"model name {name!r}: use letters, digits, '_', '-' or '.' only")
+    if max_batch_size < 1:
+        raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+    repo = Path(repo)
+    repo.mkdir(parents=True, exist_ok=True)
+    final = repo / name
+    staging = repo / f".{name}.staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        (staging / "1").mkdir(parents=True)
+        with atomic_path(staging / "1" / "model.onnx", suffix=".onnx") as tmp:
+            tmp.write_bytes(onnx_bytes(detector, dynamic_batch=True))
+        cfg = config_pbtxt(name, detector.image_size, float(detector.threshold), max_batch_size,
+                           max_queue_delay_us, {"backbone": detector.settings.network.backbone})
+        (staging / "config.pbtxt").write_text(cfg)
+        if final.exists():
+            old = repo / f".{name}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            final.rename(old)
+            staging.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            staging.rename(final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final
