@@ -43,3 +43,19 @@ def test_end_to_end(benchmark, images, backbone, pipeline):
     with torch.no_grad():
         heat, score = benchmark(run, images)
     assert heat.shape == (BATCH, SIZE, SIZE) and torch.isfinite(score).all()
+
+
+@pytest.mark.parametrize("global_layer", [None, "auto"])
+@pytest.mark.parametrize("pipeline", ["torch", "onnxruntime", "openvino"])
+def test_global_branch_cost(benchmark, images, pipeline, global_layer):
+    """The same Lite0 detector with and without the global branch (group by param:pipeline to compare)."""
+    if pipeline != "torch" and STATUS[pipeline]:
+        pytest.skip(STATUS[pipeline])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        det = Detector("efficientnet_lite0", image_size=SIZE, weights=_weights("efficientnet_lite0"),
+                       runtime=pipeline, global_layer=global_layer).eval()
+    benchmark.extra_info["images_per_round"] = BATCH
+    with torch.no_grad():
+        heat, score = benchmark(det._infer, images)
+    assert heat.shape == (BATCH, SIZE, SIZE) and torch.isfinite(score).all()

@@ -106,6 +106,7 @@ REQUIRED_SETTINGS = ("backbone", "layers", "image_size", "precision", "alpha", "
                      "score_topk", "blur_sigma")
 BUFFERS = ("layer_weights", "mean", "std")
 MAP_NORM_BUFFERS = ("map_mean", "map_std")
+GLOBAL_BUFFERS = ("global_mean", "global_precision", "score_stats")
 
 
 def save_detector(det, path: str | os.PathLike) -> None:
@@ -115,6 +116,8 @@ def save_detector(det, path: str | os.PathLike) -> None:
     tensors.update({name: getattr(det, name) for name in BUFFERS}, threshold=det.threshold.reshape(1))
     if det.settings.map.map_norm:
         tensors.update({name: getattr(det, name) for name in MAP_NORM_BUFFERS})
+    if det.settings.score.global_layer:
+        tensors.update({name: getattr(det, name) for name in GLOBAL_BUFFERS})
     save_checkpoint(path, tensors, dict(det.config, fitted=det.fitted, fastmsfd_version=__version__))
 
 
@@ -130,8 +133,10 @@ def load_detector(cls, path: str | os.PathLike, **runtime_kwargs):
         with warnings.catch_warnings():  # random init is immediately overwritten by the file's weights
             warnings.simplefilter("ignore")
             # files written before map_norm existed scored the raw heatmap: they keep doing so
+            # files written before the global branch existed score the map alone: they keep doing so
             det = cls(**{k: config[k] for k in REQUIRED_SETTINGS}, weights="random", device="cpu",
                       upsampling=config.get("upsampling", "gaussian"), map_norm=config.get("map_norm"),
+                      global_layer=config.get("global_layer"), global_weight=config.get("global_weight", 0.4),
                       **runtime_kwargs)
     except ValueError as exc:
         raise CheckpointError(f"{path}: configuration not usable by this fastmsfd ({exc})") from None
@@ -142,7 +147,8 @@ def load_detector(cls, path: str | os.PathLike, **runtime_kwargs):
         except RuntimeError as exc:
             raise CheckpointError(f"{path}: {name} weights do not match backbone "
                                   f"{config['backbone']} {config['layers']} ({str(exc)[:200]})") from None
-    for name in BUFFERS + (MAP_NORM_BUFFERS if det.settings.map.map_norm else ()):
+    for name in BUFFERS + (MAP_NORM_BUFFERS if det.settings.map.map_norm else ()) + \
+            (GLOBAL_BUFFERS if det.settings.score.global_layer else ()):
         if name not in tensors or tensors[name].shape != getattr(det, name).shape:
             raise CheckpointError(f"{path}: {name} missing or of the wrong shape")
         getattr(det, name).copy_(tensors[name])

@@ -15,6 +15,8 @@ from pathlib import Path
 from .report import fmt, write_text
 from .runtimes import PRECISIONS, RUNTIMES
 
+GLOBAL_LAYER_DEFAULT, GLOBAL_WEIGHT_DEFAULT = "auto", "0.4"
+
 DESCRIPTION = """Fast Multi-Scale Feature Distillation anomaly detection.
 
   fastmsfd demo                       fit, predict and evaluate on the built-in texture demo
@@ -31,7 +33,9 @@ DESCRIPTION = """Fast Multi-Scale Feature Distillation anomaly detection.
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", default="efficientnet_lite0", help="teacher/student network (default: %(default)s)")
     p.add_argument("--layers", default=None, help="comma-separated layers, e.g. stage2,stage3,stage4")
-    p.add_argument("--image-size", type=int, default=256, help="square input size (default: %(default)s)")
+    p.add_argument("--image-size", type=_image_size, default=256,
+                   help="network input size: one number (a square) or HEIGHTxWIDTH, e.g. 512x192 for tall parts "
+                        "(default: %(default)s)")
     p.add_argument("--weights", default=None, help="teacher weights file (default: resolve offline)")
     p.add_argument("--epochs", type=int, default=None,
                    help="maximum epochs; early stopping may end sooner (default: about 3,000 training images seen, "
@@ -40,7 +44,29 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s; docs/training.md)")
     p.add_argument("--seed", type=int, default=0)
     _add_map_norm_arg(p)
+    p.add_argument("--global-layer", default=GLOBAL_LAYER_DEFAULT,
+                   help="the global branch's teacher layer (pooled features, Gaussian density, fused with the map "
+                        "score): auto (the backbone's default), a layer name, or none (default: %(default)s)")
+    p.add_argument("--global-weight", default=GLOBAL_WEIGHT_DEFAULT,
+                   help="the global score's share of the image score in [0, 1], or auto: chosen at fit time with "
+                        "synthetic defects on held-out normal images (default: %(default)s)")
     _add_inference_args(p)
+
+
+def _image_size(value: str):
+    """256 -> 256; 512x192 -> (512, 192) (height x width)."""
+    parts = value.lower().split("x")
+    try:
+        sides = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: give one number or HEIGHTxWIDTH, e.g. 256 or 512x192") from None
+    if len(sides) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"{value!r}: give one number or HEIGHTxWIDTH, e.g. 256 or 512x192")
+    return sides[0] if len(sides) == 1 else tuple(sides)
+
+
+def _global_weight(value: str):
+    return value if value == "auto" else float(value)
 
 
 def _choice_or_none(value: str) -> str | None:
@@ -68,7 +94,8 @@ def _build_detector(args):
     layers = args.layers.split(",") if args.layers else None
     return Detector(backbone=args.backbone, layers=layers, image_size=args.image_size, weights=args.weights,
                     runtime=args.runtime, precision=args.precision or "float32",
-                    map_norm=_choice_or_none(args.map_norm))
+                    map_norm=_choice_or_none(args.map_norm), global_layer=_choice_or_none(args.global_layer),
+                    global_weight=_global_weight(args.global_weight))
 
 
 def _load_detector(path, args):
@@ -226,18 +253,18 @@ def cmd_export(args) -> int:
     from . import Detector
 
     det = Detector.load(args.model, runtime="torch")
-    S = det.image_size
+    H, W = det.input_hw
     if args.format == "triton":
         from .triton_repo import write_triton_repository
 
         folder = write_triton_repository(det, args.output, args.name, args.max_batch)
         print(f"wrote {folder}/config.pbtxt and {folder}/1/model.onnx: Triton Inference Server, ONNX Runtime "
-              f"backend, input 'images' uint8 [3, {S}, {S}], outputs 'heatmap' and 'score', dynamic batching up to "
+              f"backend, input 'images' uint8 [3, {H}, {W}], outputs 'heatmap' and 'score', dynamic batching up to "
               f"{args.max_batch}; threshold {float(det.threshold):.6g} in its parameters")
         return 0
     path = det.export_onnx(args.output, dynamic_batch=not args.fixed_batch)
     size_mb = Path(path).stat().st_size / 1e6
-    print(f"wrote {path} ({size_mb:.1f} MB): input 'images' uint8 (batch, 3, {S}, {S}) "
+    print(f"wrote {path} ({size_mb:.1f} MB): input 'images' uint8 (batch, 3, {H}, {W}) "
           f"RGB, outputs 'heatmap' and 'score'; threshold {float(det.threshold):.6g} and preprocessing in its "
           "metadata")
     return 0

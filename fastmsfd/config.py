@@ -3,7 +3,7 @@
 
     network   backbone, layers, image_size, precision (what the networks are and how they compute)
     map       alpha, beta, sigma_factor, aggregate, blur_sigma, upsampling, map_norm (heatmap from features)
-    score     score_topk (image score from the heatmap)
+    score     score_topk, global_layer, global_weight (image score: the heatmap's, fused with the global branch's)
 """
 from __future__ import annotations
 
@@ -36,13 +36,20 @@ def _finite(name: str, value, minimum: float = 0.0, strict: bool = False) -> flo
 class NetworkConfig:
     backbone: str = "efficientnet_lite0"
     layers: tuple[str, ...] = ()
-    image_size: int = 256
+    image_size: int | tuple[int, int] = 256  # a square side, or (height, width)
     precision: str = "float32"       # "auto": chosen per machine (runtimes.choose)
     random_teacher: bool = False
 
     def __post_init__(self):
-        if not isinstance(self.image_size, int) or isinstance(self.image_size, bool) or self.image_size < 32:
-            raise ValueError(f"image_size must be an int >= 32, got {self.image_size!r}")
+        size = self.image_size
+        if isinstance(size, (list, tuple)) and len(size) == 2 and size[0] == size[1]:
+            size = size[0]  # a square stays an int: the form files have always had
+        sides = size if isinstance(size, (list, tuple)) else (size,)
+        if not (0 < len(sides) <= 2 and all(isinstance(v, int) and not isinstance(v, bool) and v >= 32
+                                             for v in sides)):
+            raise ValueError(f"image_size must be an int >= 32 or (height, width) of ints >= 32, got "
+                             f"{self.image_size!r}")
+        object.__setattr__(self, "image_size", tuple(size) if isinstance(size, (list, tuple)) else size)
         one_of("precision", self.precision, PRECISIONS)
         object.__setattr__(self, "layers", tuple(self.layers))
 
@@ -71,11 +78,15 @@ class MapConfig:
 @dataclass(frozen=True)
 class ScoreConfig:
     score_topk: float | None = 0.01  # the mean of the top 1% of the heatmap; None: its maximum
+    global_layer: str | None = None  # the global branch's teacher layer (global_score.py); None: map score only
+    global_weight: float = 0.4       # the global score's share of the fused image score (docs/quality.md)
 
     def __post_init__(self):
         if self.score_topk is not None and not (isinstance(self.score_topk, (int, float))
                                                 and 0 < self.score_topk <= 1):
             raise ValueError(f"score_topk is a fraction of the heatmap in (0, 1] or None, got {self.score_topk!r}")
+        if not (isinstance(self.global_weight, (int, float)) and 0 <= self.global_weight <= 1):
+            raise ValueError(f"global_weight must be in [0, 1], got {self.global_weight!r}")
 
 
 @dataclass(frozen=True)
@@ -90,6 +101,8 @@ class DetectorConfig:
         for part in (self.network, self.map, self.score):
             out.update(dataclasses.asdict(part))
         out["layers"] = list(self.network.layers)
+        if isinstance(self.network.image_size, tuple):
+            out["image_size"] = list(self.network.image_size)
         return out
 
     @classmethod

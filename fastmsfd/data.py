@@ -195,11 +195,16 @@ def to_image_list(images, what: str = "images", first: int = 0, keep_u8: bool = 
     return out, names
 
 
+def as_hw(size: int | Sequence[int]) -> tuple[int, int]:
+    """An image size as (height, width): an int is a square."""
+    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
 def resize_u8(t: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
     """One (3, H, W) image -> uint8 (3, S, S) with antialiased bilinear interpolation. uint8 images are resized in
     uint8 (torch's vectorised uint8 kernel: about 3x faster than the float round trip, within one grey level of
     it); float images in float, then rounded."""
-    size = (size, size) if isinstance(size, int) else tuple(size)
+    size = as_hw(size)
     if t.dtype != torch.uint8:
         return (resize_batch([t], size)[0] * 255).round().to(torch.uint8)
     if tuple(t.shape[-2:]) == size:
@@ -232,12 +237,12 @@ def decode_resized(path: str | os.PathLike, size: int) -> tuple[torch.Tensor, tu
     return resize_u8(t, size), (int(t.shape[1]), int(t.shape[2]))
 
 
-def load_resized(paths: Iterable[Path], size: int, progress: bool = False) -> torch.Tensor:
-    """Decode and resize image files to a uint8 (N, 3, S, S) tensor (compact enough to keep in memory)."""
+def load_resized(paths: Iterable[Path], size: int | tuple[int, int], progress: bool = False) -> torch.Tensor:
+    """Decode and resize image files to a uint8 (N, 3, H, W) tensor (compact enough to keep in memory)."""
     from tqdm.auto import tqdm
 
     paths = list(paths)
-    out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
+    out = torch.empty((len(paths), 3, *as_hw(size)), dtype=torch.uint8)
     for i, p in enumerate(tqdm(paths, desc="loading images", disable=not progress or len(paths) < 50, leave=False)):
         out[i] = decode_resized(p, size)[0]
     return out

@@ -247,3 +247,28 @@ def discover(data: str | os.PathLike, category: str | None = None, layout: str =
     if layout == "folders":
         raise ValueError("the plain-folders layout takes --good and --defect folders (folders_dataset)")
     return mvtec_categories(data, category)
+
+
+DEV_FRACTION, DEV_SEED = 0.3, 0
+
+
+def dev_final_split(category: Category, fraction: float = DEV_FRACTION, seed: int = DEV_SEED
+                    ) -> tuple[Category, Category]:
+    """(development, final) copies of a category whose test sets split its test images: a seeded share of each
+    test folder (good and every defect type) for choosing settings, the rest reported once. Training images are
+    shared (they are normal images either way)."""
+    import dataclasses
+
+    import numpy as np
+
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    rng = np.random.default_rng(seed)
+    dev, final = [], []
+    for defect in sorted({s.defect for s in category.test}):
+        group = sorted((s for s in category.test if s.defect == defect), key=lambda s: str(s.path))
+        picked = set(rng.permutation(len(group))[:max(1, round(fraction * len(group)))].tolist())
+        dev += [s for i, s in enumerate(group) if i in picked]
+        final += [s for i, s in enumerate(group) if i not in picked]
+    return (dataclasses.replace(category, name=f"{category.name}-dev", test=dev),
+            dataclasses.replace(category, name=f"{category.name}-final", test=final))

@@ -100,14 +100,20 @@ def _defect_alpha(kind: str, rng: np.random.Generator, size: int) -> tuple[np.nd
 
 
 def add_defect(img: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Return (defective image, bool mask of the pixels the defect changes)."""
-    alpha, target = _defect_alpha(kind, rng, img.shape[0])
+    """Return (defective image, bool mask of the pixels the defect changes); img: float (H, W) or (H, W, C) in
+    [0, 1] (every channel gets the same defect)."""
+    h, w = img.shape[:2]
+    alpha, target = _defect_alpha(kind, rng, max(h, w))
+    alpha = alpha[:h, :w]  # drawn on a square canvas; a rectangular image keeps its part of it
+    mask = alpha >= 0.25
+    if img.ndim == 3:
+        alpha = alpha[..., None]
     if target == -2.0:
         target = img * 0.35
     elif target < 0:
         target = 0.5 * float(img.mean()) + rng.normal(0, 0.02, img.shape).astype(np.float32)
     out = img * (1 - alpha) + alpha * target
-    return np.clip(out, 0, 1), alpha >= 0.25
+    return np.clip(out, 0, 1), mask
 
 
 def _save_png(path: Path, arr: np.ndarray) -> None:

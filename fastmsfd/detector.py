@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import calibration, ops
-from .backbones import build_student, build_teacher, default_layers, normalization
+from . import calibration, global_score, ops
+from .backbones import build_student, build_teacher, default_layers, layer_order, normalization
 from .checkpoint import load_detector, save_detector
 from .config import DetectorConfig
-from .data import iter_batches
+from .data import as_hw, iter_batches
 from .ops import reference
 from .prediction import Prediction
 from .runtimes import RUNTIMES
@@ -24,6 +24,18 @@ from .train import TrainHistory
 
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
               "auto": None}  # auto: chosen per machine (runtimes.choose)
+
+
+def _teacher_layers(backbone: str, layers: Sequence[str], global_layer: str | None):
+    """(the teacher's layers from shallow to deep, the map layers' indices in them, the global layer's index)."""
+    order = layer_order(backbone)
+    for name in tuple(layers) + ((global_layer,) if global_layer else ()):
+        if name not in order:
+            raise ValueError(f"{backbone} has no layer {name!r} (layers: {', '.join(order)})")
+    wanted = sorted(set(layers) | ({global_layer} if global_layer else set()), key=order.index)
+    # the networks return their layers from shallow to deep, whatever order they were named in
+    return (tuple(wanted), [wanted.index(name) for name in sorted(layers, key=order.index)],
+            wanted.index(global_layer) if global_layer else None)
 
 
 class Detector(nn.Module):
@@ -41,26 +53,33 @@ class Detector(nn.Module):
     """
 
     def __init__(self, backbone: str = "efficientnet_lite0", layers: Sequence[str] | None = None,
-                 image_size: int = 256, device: str | torch.device = "cpu", weights: Any = None,
+                 image_size: int | tuple[int, int] = 256, device: str | torch.device = "cpu", weights: Any = None,
                  runtime: str = "auto", precision: str = "float32", alpha: float = 1.0, beta: float = 1.0,
                  sigma_factor: float = reference.DEFAULT_SIGMA_FACTOR, aggregate: str = "sum",
                  score_topk: float | None = 0.01, blur_sigma: float | None = None, download: bool = False,
                  ops_backend: str = "auto", compile: bool | str = False, upsampling: str = "gaussian",
-                 map_norm: str | None = "border"):
+                 map_norm: str | None = "border", global_layer: str | None = "auto",
+                 global_weight: float | str = global_score.DEFAULT_WEIGHT):
         super().__init__()
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
         if ops_backend not in ("auto",) + ops.BACKENDS:
             raise ValueError(f"ops_backend must be 'auto' or one of {ops.BACKENDS}, got {ops_backend!r}")
+        if global_layer == "auto":
+            global_layer = global_score.default_layer(backbone)
+        # "auto": fit() chooses it with synthetic defects on held-out normal images (fit.choose_global_weight)
+        self.global_weight_request = global_weight
+        global_weight = 0.5 if global_weight == "auto" else global_weight
         # every setting validated once, before any network is built
-        self.settings = DetectorConfig.from_dict(dict(
+        self.settings = DetectorConfig.from_dict(dict(global_layer=global_layer, global_weight=global_weight,
             backbone=backbone, layers=tuple(layers) if layers else default_layers(backbone), image_size=image_size,
             precision=precision, random_teacher=isinstance(weights, str) and weights == "random", alpha=alpha,
             beta=beta, sigma_factor=sigma_factor, aggregate=aggregate, blur_sigma=blur_sigma, upsampling=upsampling,
             map_norm=map_norm, score_topk=score_topk))
-        self.teacher = build_teacher(backbone, self.settings.network.layers, weights=weights, download=download)
-        self.student = build_student(backbone, self.settings.network.layers)
-        self.layers = tuple(self.teacher.layers)
+        self.layers = self.settings.network.layers
+        teacher_layers, self._map_index, self._global_index = _teacher_layers(backbone, self.layers, global_layer)
+        self.teacher = build_teacher(backbone, teacher_layers, weights=weights, download=download)
+        self.student = build_student(backbone, self.layers)
         self.info: dict[str, Any] = {}  # what fit and calibrate measured (n_train, epochs_run, calibration, ...)
         mean, std = normalization(backbone)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
@@ -68,8 +87,13 @@ class Detector(nn.Module):
         self.register_buffer("layer_weights", torch.ones(len(self.layers)))
         self.register_buffer("threshold", torch.tensor(float("nan")))
         # per-pixel statistics of normal heatmaps (map_norm="border"); the identity until fit() measures them
-        self.register_buffer("map_mean", torch.zeros(image_size, image_size))
-        self.register_buffer("map_std", torch.ones(image_size, image_size))
+        self.register_buffer("map_mean", torch.zeros(self.input_hw))
+        self.register_buffer("map_std", torch.ones(self.input_hw))
+        if global_layer:  # the global branch's density and the fusion's standardisation (identity until fit)
+            c = self.teacher.channels[self._global_index]
+            self.register_buffer("global_mean", torch.zeros(c))
+            self.register_buffer("global_precision", torch.eye(c))
+            self.register_buffer("score_stats", torch.tensor([0.0, 1.0, 0.0, 1.0]))
         self.runtime_request = runtime
         # torch.compile of the inference networks (torch runtime, eval mode): True, or a torch.compile mode such as
         # "reduce-overhead" (CUDA graphs for fixed shapes on a GPU) or "max-autotune".
@@ -94,8 +118,14 @@ class Detector(nn.Module):
         return self.mean.device
 
     @property
-    def image_size(self) -> int:
+    def image_size(self) -> int | tuple[int, int]:
+        """The network's input size as configured: a square side, or (height, width)."""
         return self.settings.network.image_size
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        """The network's input size as (height, width); every image is resized to it."""
+        return as_hw(self.settings.network.image_size)
 
     @property
     def config(self) -> MappingProxyType:
@@ -106,8 +136,9 @@ class Detector(nn.Module):
     def extra_repr(self) -> str:
         thr = float(self.threshold)
         state = "fitted" if self.fitted else "not fitted"
-        net, maps = self.settings.network, self.settings.map
-        return (f"backbone={net.backbone}, layers={list(self.layers)}, image_size={self.image_size}, "
+        net, maps, score = self.settings.network, self.settings.map, self.settings.score
+        glob = f", global={score.global_layer} (weight {score.global_weight:g})" if score.global_layer else ""
+        return (f"backbone={net.backbone}, layers={list(self.layers)}{glob}, image_size={self.image_size}, "
                 f"aggregate={maps.aggregate}, map_norm={maps.map_norm}, "
                 f"precision={net.precision}, {state}, "
                 f"threshold={'unset' if math.isnan(thr) else f'{thr:.4g}'}")
@@ -192,7 +223,12 @@ class Detector(nn.Module):
         return torch.autocast(self.device.type, dtype=dtype, enabled=enabled)
 
     def features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Teacher and student features of normalised images (B, 3, S, S), under the chosen precision."""
+        """Teacher and student features of normalised images (B, 3, S, S) at the map layers, under the chosen
+        precision."""
+        return self._all_features(x)[:2]
+
+    def _all_features(self, x: torch.Tensor):
+        """(teacher map features, student features, pooled global-layer features or None)."""
         if self.compile_mode and not self.training and not torch.is_grad_enabled():
             if self._compiled is None:
                 mode = None if self.compile_mode is True else self.compile_mode
@@ -200,47 +236,55 @@ class Detector(nn.Module):
             return self._compiled(x)
         return self._features(x)
 
-    def _features(self, x: torch.Tensor, student: nn.Module | None = None
-                  ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def _features(self, x: torch.Tensor, student: nn.Module | None = None):
         """student: the network to run in place of self.student (its DDP wrapper while training)."""
         with self._autocast():
-            t, s = self.teacher(x), (student or self.student)(x)
+            t_all, s = self.teacher(x), (student or self.student)(x)
+        t = [t_all[i] for i in self._map_index]
+        g = None if self._global_index is None else global_score.pooled(t_all[self._global_index])
         # under autocast the teacher's float32 standardisation can leave it in float32 while the student is in
         # bfloat16/float16: give both the student's dtype (the distance kernels accumulate in float32 anyway)
-        return [a.to(b.dtype) for a, b in zip(t, s)], s
+        return [a.to(b.dtype) for a, b in zip(t, s)], s, g
 
     def _sigmas(self, feats: Sequence[torch.Tensor]) -> list[float]:
-        S = self.image_size
-        return reference.default_sigmas([tuple(f.shape[-2:]) for f in feats], (S, S),
+        return reference.default_sigmas([tuple(f.shape[-2:]) for f in feats], self.input_hw,
                                         self.settings.map.sigma_factor)
 
     def heatmaps_and_scores(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Heatmaps (B, S, S) and image scores (B,) of normalised images, on the torch runtime."""
-        return self.maps_from_features(*self.features(x))
+        t, s, g = self._all_features(x)
+        return self.maps_from_features(t, s, global_features=g)
+
+    def global_scores(self, global_features: torch.Tensor) -> torch.Tensor:
+        """The global branch's score (Mahalanobis distance) of pooled global-layer features (B, C)."""
+        return global_score.mahalanobis(global_features, self.global_mean, self.global_precision)
 
     def maps_from_features(self, t: Sequence[torch.Tensor], s: Sequence[torch.Tensor],
-                           layer_weights: Sequence[float] | None = None,
-                           standardize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                           layer_weights: Sequence[float] | None = None, standardize: bool = True,
+                           global_features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(heatmaps, scores) of teacher/student features with this detector's settings. Pass one layer's
         features, layer_weights=[1.0] and standardize=False to see that layer alone, up-sampled and scored as the
-        detector does (the border statistics belong to the full heatmap)."""
-        S = self.image_size
+        detector does (the border statistics belong to the full heatmap). With global_features (pooled, from
+        _all_features) and a global branch, the score is the fused one."""
         weights = self.layer_weights.tolist() if layer_weights is None else list(layer_weights)
         maps, topk = self.settings.map, self.settings.score.score_topk
-        heat, score = ops.anomaly_map(t, s, (S, S), layer_weights=weights, alpha=maps.alpha, beta=maps.beta,
+        heat, score = ops.anomaly_map(t, s, self.input_hw, layer_weights=weights, alpha=maps.alpha, beta=maps.beta,
                                       sigmas=self._sigmas(t), aggregate=maps.aggregate, topk=topk,
                                       blur_sigma=maps.blur_sigma, backend=self.ops_backend,
                                       upsampling=maps.upsampling)
         if standardize and maps.map_norm:
             heat = calibration.standardize(heat, self.map_mean, self.map_std)
             score = reference.image_score(heat, topk)
+        if standardize and global_features is not None and self._global_index is not None:
+            score = global_score.fuse(score, self.global_scores(global_features), self.score_stats,
+                                      self.settings.score.global_weight)
         return heat, score
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, H, W) float images in [0, 1] -> heatmaps (B, S, S) and scores (B,). Resizes when H, W != S."""
-        S = self.image_size
-        if tuple(images.shape[-2:]) != (S, S):
-            images = F.interpolate(images, size=(S, S), mode="bilinear", antialias=True, align_corners=False)
+        hw = self.input_hw
+        if tuple(images.shape[-2:]) != hw:
+            images = F.interpolate(images, size=hw, mode="bilinear", antialias=True, align_corners=False)
         return self.heatmaps_and_scores(self._normalize(images))
 
     # ---- fitting -------------------------------------------------------------------------------------
@@ -268,7 +312,7 @@ class Detector(nn.Module):
             # thread's back, so concurrent predict calls always see the same frozen networks.
             self.eval()
         thr = float(self.threshold)
-        for u8, sizes, names in iter_batches(images, self.image_size, batch_size):
+        for u8, sizes, names in iter_batches(images, self.input_hw, batch_size):
             h, s = self._infer(u8)
             h, s = h.float().cpu(), s.float().cpu()
             labels = masks = None
@@ -297,7 +341,7 @@ class Detector(nn.Module):
         (1 - quantile) of normal parts will then be flagged; labels are score > threshold."""
         calibration.check_quantile(quantile)  # before any inference
         if isinstance(normal_images, torch.Tensor) and normal_images.dtype == torch.uint8 \
-                and normal_images.dim() == 4 and normal_images.shape[-1] == self.image_size:
+                and normal_images.dim() == 4 and tuple(normal_images.shape[-2:]) == self.input_hw:
             scores = torch.cat([self._infer(normal_images[i:i + batch_size])[1].float().cpu()
                                 for i in range(0, len(normal_images), batch_size)])
         else:

@@ -72,7 +72,7 @@ def evaluate(detector, category: Category | str | Path, full_res: bool = False, 
     samples = category.test
     if not samples:
         raise DataError(f"{category.root}: empty test set")
-    S = detector.image_size
+    hw = detector.input_hw
     heat_list, mask_list, scores = [], [], []
     bar = None
     if progress:
@@ -94,7 +94,7 @@ def evaluate(detector, category: Category | str | Path, full_res: bool = False, 
                 mask_list.append(np.zeros((h, w), bool) if mask is None else mask)
             else:
                 heat_list.append(pred.heatmaps[j].numpy())
-                mask_list.append(mask_at(mask, (S, S)))
+                mask_list.append(mask_at(mask, hw))
         if bar:
             bar.update(len(chunk))
     if bar:
@@ -128,7 +128,7 @@ def evaluate(detector, category: Category | str | Path, full_res: bool = False, 
         sel = good | np.array([s.defect == defect for s in samples])
         per_defect[defect] = _safe(f"image AUROC ({defect})",
                                    lambda: metrics.image_auroc(labels[sel], scores[sel]), [])
-    resolution = "original size" if full_res else f"{S}x{S}"
+    resolution = "original size" if full_res else f"{hw[0]}x{hw[1]}"
     return EvalResult(category.name, resolution, m, per_defect, notes, samples, scores, heat, masks, thr,
                       time.perf_counter() - start)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import calibration
+from . import calibration, global_score
 from ._version import __version__
 from .checkpoint import atomic_path
 from .onnx_passes import fold_pads
@@ -31,16 +31,17 @@ class InferenceGraph(nn.Module):
 
     def __init__(self, detector):
         super().__init__()
-        maps, S = detector.settings.map, detector.image_size
+        maps, hw = detector.settings.map, detector.input_hw
         self.teacher, self.student = detector.teacher, detector.student
         self.register_buffer("mean", detector.mean.detach().clone() * 255.0)
         self.register_buffer("std", detector.std.detach().clone() * 255.0)
         with torch.no_grad():
-            probe = detector.teacher(torch.zeros(1, 3, S, S, device=detector.device))
-        shapes = [tuple(f.shape[-2:]) for f in probe]
-        sigmas = reference.default_sigmas(shapes, (S, S), maps.sigma_factor)
+            probe = detector.teacher(torch.zeros(1, 3, *hw, device=detector.device))
+        self.map_index, self.global_index = list(detector._map_index), detector._global_index
+        shapes = [tuple(probe[i].shape[-2:]) for i in self.map_index]
+        sigmas = reference.default_sigmas(shapes, hw, maps.sigma_factor)
         # the plan every backend shares: up-sampling matrices (blur folded in for sum/mean), post-blur, top-k
-        plan = reference.plan(shapes, (S, S), detector.layer_weights.tolist(), sigmas, [None] * len(shapes),
+        plan = reference.plan(shapes, hw, detector.layer_weights.tolist(), sigmas, [None] * len(shapes),
                               maps.aggregate, detector.settings.score.score_topk, maps.blur_sigma,
                               detector.device, maps.upsampling)
         for i, (gr, gc) in enumerate(zip(plan.g_rows, plan.g_cols)):
@@ -56,32 +57,44 @@ class InferenceGraph(nn.Module):
         if self.map_norm:
             self.register_buffer("map_mean", detector.map_mean.detach().clone())
             self.register_buffer("map_std", detector.map_std.detach().clone())
+        if self.global_index is not None:
+            self.global_weight = detector.settings.score.global_weight
+            for name in ("global_mean", "global_precision", "score_stats"):
+                self.register_buffer(name, getattr(detector, name).detach().clone())
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # the reference math itself (fastmsfd/ops/reference.py), traced: one definition for every backend
         x = (images.float() - self.mean) / self.std
-        maps = [reference.upsample(reference.combined_distance(t, s, self.alpha, self.beta),
+        t_all = self.teacher(x)
+        maps = [reference.upsample(reference.combined_distance(t_all[j], s, self.alpha, self.beta),
                                    getattr(self, f"g_rows{i}"), getattr(self, f"g_cols{i}"))
-                for i, (t, s) in enumerate(zip(self.teacher(x), self.student(x)))]
+                for i, (j, s) in enumerate(zip(self.map_index, self.student(x)))]
         heat = reference.aggregate(maps, self.weights, self.mode)
         if self.post_blur:
             heat = reference.upsample(heat, self.blur_rows, self.blur_cols)
         if self.map_norm:
             heat = calibration.standardize(heat, self.map_mean, self.map_std)
-        return heat, reference.image_score(heat, self.topk)
+        score = reference.image_score(heat, self.topk)
+        if self.global_index is not None:
+            g = global_score.pooled(t_all[self.global_index])
+            score = global_score.fuse(score, global_score.mahalanobis(g, self.global_mean, self.global_precision),
+                                      self.score_stats, self.global_weight)
+        return heat, score
 
 
 def metadata(detector) -> dict[str, str]:
     """What a serving stack needs to feed the graph, stored in the ONNX file's metadata_props."""
-    S = detector.image_size
+    H, W = detector.input_hw
     return {
         "fastmsfd_version": __version__,
-        "input": f"{INPUT_NAME}: uint8 (batch, 3, {S}, {S}) RGB; resize each image to {S}x{S} first "
-                 "(bilinear, antialiased); normalisation is inside the graph",
-        "image_size": str(S),
+        "input": f"{INPUT_NAME}: uint8 (batch, 3, {H}, {W}) RGB; resize each image to {H}x{W} (height x width) "
+                 "first (bilinear, antialiased); normalisation is inside the graph",
+        "image_size": str(H) if H == W else f"{H},{W}",
+        "height": str(H),
+        "width": str(W),
         "channel_order": "RGB",
         "resize": "bilinear, antialias",
-        "outputs": "heatmap: float32 (batch, S, S); score: float32 (batch,); anomalous when score > threshold",
+        "outputs": "heatmap: float32 (batch, H, W); score: float32 (batch,); anomalous when score > threshold",
         "threshold": repr(float(detector.threshold)),
         "config": json.dumps({k: v for k, v in detector.config.items()}, default=str),
     }
@@ -92,8 +105,7 @@ def onnx_bytes(detector, dynamic_batch: bool = True, opset: int = OPSET) -> byte
     import onnx
 
     graph = InferenceGraph(detector).eval().to(memory_format=torch.contiguous_format)
-    S = detector.image_size
-    dummy = torch.zeros(2, 3, S, S, dtype=torch.uint8, device=detector.device)
+    dummy = torch.zeros(2, 3, *detector.input_hw, dtype=torch.uint8, device=detector.device)
     buf = io.BytesIO()
     was_cl = _is_channels_last(detector)
     detector.teacher.to(memory_format=torch.contiguous_format)

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from . import calibration
+from . import calibration, global_score
 from .backbones import build_student
 from .datasets import normal_images_u8
 from .distributed import data_parallel, init_from_env, rank_device
@@ -36,7 +36,7 @@ def fit_detector(det, source, epochs: int | None, batch_size: int, lr: float, va
             "fit: precision='float16' would need loss scaling, which fastmsfd's training does not do (small "
             "float16 gradients underflow to zero). Fit with precision='float32' or 'bfloat16' (bfloat16 needs no "
             "scaling), save, then Detector.load(path, precision='float16') to infer in float16.")
-    train, val, n_val = split_held_out(normal_images_u8(source, det.image_size, progress), val_fraction, seed)
+    train, val, n_val = split_held_out(normal_images_u8(source, det.input_hw, progress), val_fraction, seed)
     # A fresh student initialised from the seed: fit is reproducible across processes and a second fit starts
     # from scratch instead of continuing the first.
     with torch.random.fork_rng(devices=[]):
@@ -58,7 +58,7 @@ def fit_detector(det, source, epochs: int | None, batch_size: int, lr: float, va
     det._fitting = True
     try:
         with data_parallel(det.student, device, world) as ddp_student:  # torchrun: DDP + global-batch BatchNorm
-            features = det.features if world == 1 else (lambda x: det._features(x, ddp_student))
+            features = det.features if world == 1 else (lambda x: det._features(x, ddp_student)[:2])
             det.history = distill(det.teacher, det.student, features, train, val, det._prepare, cfg)
     finally:
         det._fitting = False
@@ -66,6 +66,10 @@ def fit_detector(det, source, epochs: int | None, batch_size: int, lr: float, va
     set_layer_weights(det, val)
     if maps.map_norm:
         set_border_statistics(det, train)
+    if det.settings.score.global_layer:
+        set_global_statistics(det, train, val)
+        if det.global_weight_request == "auto":
+            choose_global_weight(det, val, seed)
     det.fitted = True
     det.reset_runtime()
     det.calibrate(val, quantile=calibrate_quantile)
@@ -73,10 +77,12 @@ def fit_detector(det, source, epochs: int | None, batch_size: int, lr: float, va
                     fit_seconds=round(det.history.seconds, 2))
 
 
-def _batched_features(det, images_u8: torch.Tensor, batch_size: int = 16):
-    """Teacher and student features of uint8 images at image_size, one batch at a time."""
+def _batched_features(det, images_u8: torch.Tensor, batch_size: int = 16, with_global: bool = False):
+    """Teacher and student features of uint8 images at image_size, one batch at a time (and the pooled
+    global-layer features with_global)."""
     for i in range(0, len(images_u8), batch_size):
-        yield det.features(det._prepare(images_u8[i:i + batch_size]))
+        out = det._all_features(det._prepare(images_u8[i:i + batch_size]))
+        yield out if with_global else out[:2]
 
 
 @torch.no_grad()
@@ -102,3 +108,72 @@ def set_border_statistics(det, images_u8: torch.Tensor) -> None:
     mean, std = calibration.border_statistics(heat)
     det.map_mean.copy_(mean)
     det.map_std.copy_(std)
+
+
+@torch.no_grad()
+def set_global_statistics(det, train_u8: torch.Tensor, held_out_u8: torch.Tensor) -> None:
+    """The global branch: its Gaussian density from the training images' pooled features, then the mean and std
+    of the map score and of the global score on held-out normal images, which put both on one scale before
+    they are fused (global_score.fuse)."""
+    pooled = torch.cat([g.float().cpu() for _, _, g in _batched_features(det, train_u8, with_global=True)])
+    mean, precision = global_score.fit_density(pooled)
+    det.global_mean.copy_(mean)
+    det.global_precision.copy_(precision)
+    map_scores, global_scores = [], []
+    for t, s, g in _batched_features(det, held_out_u8, with_global=True):
+        map_scores.append(det.maps_from_features(t, s)[1].float().cpu())
+        global_scores.append(det.global_scores(g).float().cpu())
+    stats = global_score.standardize_stats(torch.cat(map_scores)) + \
+        global_score.standardize_stats(torch.cat(global_scores))
+    det.score_stats.copy_(torch.tensor(stats))
+
+
+SYNTHETIC_KINDS = ("scratch", "crack", "stain", "hole", "missing")
+WEIGHT_GRID = tuple(round(0.1 * i, 1) for i in range(11))
+
+
+def synthetic_anomalies(images_u8: torch.Tensor, seed: int, per_image: int = 2) -> torch.Tensor:
+    """Each image with per_image synthetic defects of the demo's kinds (one defect per copy), uint8."""
+    import numpy as np
+
+    from .demo_data import add_defect
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i, img in enumerate(images_u8):
+        hwc = img.permute(1, 2, 0).float().numpy() / 255.0
+        for k in range(per_image):
+            bad, _ = add_defect(hwc, SYNTHETIC_KINDS[(i * per_image + k) % len(SYNTHETIC_KINDS)], rng)
+            out.append(torch.from_numpy((bad * 255).round().astype(np.uint8)).permute(2, 0, 1))
+    return torch.stack(out)
+
+
+@torch.no_grad()
+def _standardized_scores(det, images_u8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z map score, z global score) of uint8 images, standardised like fuse() does."""
+    z_map, z_glob = [], []
+    for t, s, g in _batched_features(det, images_u8, with_global=True):
+        m, glob = det.maps_from_features(t, s)[1].float().cpu(), det.global_scores(g).float().cpu()
+        z_map.append(global_score.fuse(m, glob, det.score_stats.cpu(), 0.0))
+        z_glob.append(global_score.fuse(m, glob, det.score_stats.cpu(), 1.0))
+    return torch.cat(z_map), torch.cat(z_glob)
+
+
+def choose_global_weight(det, held_out_u8: torch.Tensor, seed: int) -> float:
+    """global_weight="auto": the weight of WEIGHT_GRID that best separates held-out normal images from the same
+    images with synthetic defects pasted on (normal images only, no labels); ties go to the weight nearest the
+    default (global_score.DEFAULT_WEIGHT).
+    Sets det's settings and records the choice in det.info["global_weight_choice"]."""
+    from .metrics import auroc
+
+    normal = _standardized_scores(det, held_out_u8)
+    anomalous = _standardized_scores(det, synthetic_anomalies(held_out_u8, seed))
+    labels = torch.cat([torch.zeros(len(normal[0])), torch.ones(len(anomalous[0]))]).numpy()
+    z_map, z_glob = torch.cat([normal[0], anomalous[0]]), torch.cat([normal[1], anomalous[1]])
+    table = {w: auroc(labels, ((1 - w) * z_map + w * z_glob).numpy()) for w in WEIGHT_GRID}
+    best = max(WEIGHT_GRID, key=lambda w: (round(table[w], 4), -abs(w - global_score.DEFAULT_WEIGHT)))
+    det.settings = det.settings.replace(global_weight=best)
+    det.info["global_weight_choice"] = {"weight": best, "how": "synthetic defects on held-out normal images",
+                                        "n_normal": len(normal[0]), "n_synthetic": len(anomalous[0]),
+                                        "synthetic_auroc": {str(w): round(a, 4) for w, a in table.items()}}
+    return best

@@ -51,15 +51,15 @@ def model_settings(model_path: str | os.PathLike) -> dict:
     return load_checkpoint(model_path)[1]
 
 
-def decode_batch(batch: dict[str, Any], image_size: int) -> dict[str, Any]:
+def decode_batch(batch: dict[str, Any], image_size: int | Sequence[int]) -> dict[str, Any]:
     """Ray Data task: raw file bytes -> uint8 (3, S, S) images; an unreadable file gets its error, not a crash."""
     import torch
 
-    from .data import decode_bytes, resize_u8
+    from .data import as_hw, decode_bytes, resize_u8
     from .errors import FastMSFDError
 
     paths = [str(p) for p in batch["path"]]
-    images = np.zeros((len(paths), 3, image_size, image_size), np.uint8)
+    images = np.zeros((len(paths), 3, *as_hw(image_size)), np.uint8)
     errors = [""] * len(paths)
     for i, (path, data) in enumerate(zip(paths, batch["bytes"])):
         try:
@@ -173,7 +173,7 @@ def predict(paths_or_dataset, model_path: str | os.PathLike, batch_size: int = 1
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     model_path = str(model_path)
-    size = int(model_settings(model_path)["image_size"])
+    size = model_settings(model_path)["image_size"]
     ray = init(address or "local")
     if isinstance(paths_or_dataset, ray.data.Dataset):
         ds = paths_or_dataset

@@ -18,12 +18,12 @@ from .export import INPUT_NAME, OUTPUT_NAMES, onnx_bytes
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
-def config_pbtxt(name: str, image_size: int, threshold: float, max_batch_size: int = 8,
+def config_pbtxt(name: str, image_hw: tuple[int, int], threshold: float, max_batch_size: int = 8,
                  max_queue_delay_us: int = 5000, extra: dict | None = None) -> str:
     """The model configuration in protobuf text format (Triton's ModelConfig)."""
-    S = image_size
+    H, W = image_hw
     params = {"threshold": repr(float(threshold)), "input_format": "RGB uint8 NCHW",
-              "resize": f"each image to {S}x{S}, bilinear with antialiasing (squash), before sending",
+              "resize": f"each image to {H}x{W} (height x width), bilinear with antialiasing, before sending",
               "normalization": "inside the graph", "label": "anomalous when score > threshold",
               "fastmsfd_version": __version__, **(extra or {})}
     param_text = "\n".join(f'parameters {{ key: "{k}" value {{ string_value: {json.dumps(str(v))} }} }}'
@@ -34,10 +34,10 @@ def config_pbtxt(name: str, image_size: int, threshold: float, max_batch_size: i
 platform: "onnxruntime_onnx"
 max_batch_size: {max_batch_size}
 input [
-  {{ name: "{INPUT_NAME}" data_type: TYPE_UINT8 dims: [ 3, {S}, {S} ] }}
+  {{ name: "{INPUT_NAME}" data_type: TYPE_UINT8 dims: [ 3, {H}, {W} ] }}
 ]
 output [
-  {{ name: "{heatmap}" data_type: TYPE_FP32 dims: [ {S}, {S} ] }},
+  {{ name: "{heatmap}" data_type: TYPE_FP32 dims: [ {H}, {W} ] }},
   {{ name: "{score}" data_type: TYPE_FP32 dims: [ 1 ] reshape: {{ shape: [ ] }} }}
 ]
 dynamic_batching {{
@@ -65,7 +65,7 @@ def write_triton_repository(detector, repo: str | Path, name: str = "fastmsfd", 
         (staging / "1").mkdir(parents=True)
         with atomic_path(staging / "1" / "model.onnx", suffix=".onnx") as tmp:
             tmp.write_bytes(onnx_bytes(detector, dynamic_batch=True))
-        cfg = config_pbtxt(name, detector.image_size, float(detector.threshold), max_batch_size,
+        cfg = config_pbtxt(name, detector.input_hw, float(detector.threshold), max_batch_size,
                            max_queue_delay_us, {"backbone": detector.settings.network.backbone})
         (staging / "config.pbtxt").write_text(cfg)
         if final.exists():

@@ -30,7 +30,9 @@ def defective_crop(seed: int = 5) -> np.ndarray:
 
 def encode(arr: np.ndarray, fmt: str = "PNG", mode: str | None = None) -> bytes:
     im = Image.fromarray(arr)
-    if mode:
+    if mode == "P":  # an adaptive palette: a grey image keeps its levels (the web palette would quantise them)
+        im = im.convert("P", palette=Image.ADAPTIVE, colors=256)
+    elif mode:
         im = im.convert(mode)
     buf = io.BytesIO()
     im.save(buf, format=fmt)

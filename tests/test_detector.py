@@ -26,7 +26,8 @@ def _images(n, seed=0, size=48):
 @pytest.fixture(scope="module")
 def fitted():
     torch.manual_seed(0)
-    return Detector(image_size=SIZE).fit(_images(12), epochs=2, batch_size=4, progress=False)
+    # the map path alone (tests/test_global_branch.py covers the fused score)
+    return Detector(image_size=SIZE, global_layer=None).fit(_images(12), epochs=2, batch_size=4, progress=False)
 
 
 def test_fit_sets_weights_threshold_and_history(fitted):
@@ -243,7 +244,8 @@ def test_low_precision_predicts_close_to_float32(fitted, precision):
 def test_bilinear_upsampling_detector_round_trip_and_export(fitted, tmp_path):
     """The ablation/baseline setting travels through save/load and ONNX export like every other option."""
     pytest.importorskip("onnxruntime")
-    det = Detector(image_size=SIZE, upsampling="bilinear", aggregate="product", alpha=0.0, runtime="torch")
+    det = Detector(image_size=SIZE, upsampling="bilinear", aggregate="product", alpha=0.0, runtime="torch",
+                   global_layer=None)
     det.student.load_state_dict(fitted.student.state_dict())
     det.teacher.load_state_dict(fitted.teacher.state_dict())
     det.fitted = True
@@ -255,7 +257,7 @@ def test_bilinear_upsampling_detector_round_trip_and_export(fitted, tmp_path):
     assert torch.equal(a.heatmaps, b.heatmaps)
     c = Detector.load(path, runtime="onnxruntime").predict(x)
     torch.testing.assert_close(c.heatmaps, a.heatmaps, rtol=1e-4, atol=1e-4 * float(a.heatmaps.max()))
-    g = Detector(image_size=SIZE, aggregate="product", alpha=0.0, runtime="torch")
+    g = Detector(image_size=SIZE, aggregate="product", alpha=0.0, runtime="torch", global_layer=None)
     g.load_state_dict(det.state_dict())
     assert not torch.allclose(g.predict(x).heatmaps, a.heatmaps)  # the option changes the maps
 
@@ -323,7 +325,7 @@ def test_fit_measures_border_statistics_and_predict_standardises(fitted):
 
 
 def test_map_norm_none_scores_the_raw_heatmap(fitted):
-    det = Detector(image_size=SIZE, map_norm=None, runtime="torch")
+    det = Detector(image_size=SIZE, map_norm=None, runtime="torch", global_layer=None)
     det.load_state_dict(fitted.state_dict())  # fitted's border statistics are loaded too, and ignored
     det.fitted = True
     x = _images(3, seed=23, size=SIZE)

@@ -200,3 +200,41 @@ def test_cli_eval_root_writes_report_and_is_reproducible(tmp_path, capsys):
                  "-o", str(tmp_path / "r3")]) == 0
     rep3 = json.loads((tmp_path / "r3" / "metrics.json").read_text())
     assert rep3["categories"][1]["image_auroc"] == pytest.approx(rep["categories"][1]["image_auroc"], abs=1e-6)
+
+
+def test_dev_final_split_is_stratified_disjoint_and_seeded(tmp_path):
+    from pathlib import Path
+
+    from fastmsfd.datasets import Category, TestSample, dev_final_split
+
+    samples = [TestSample(Path(f"/x/{d}/{i}.png"), int(d != "good"), d, None)
+               for d, n in (("good", 20), ("crack", 10), ("hole", 3)) for i in range(n)]
+    cat = Category("c", "mvtec", Path("/x"), [], samples)
+    dev, final = dev_final_split(cat, 0.3, seed=0)
+    assert {s.path for s in dev.test}.isdisjoint({s.path for s in final.test})
+    assert len(dev.test) + len(final.test) == len(samples)
+    counts = {d: sum(s.defect == d for s in dev.test) for d in ("good", "crack", "hole")}
+    assert counts == {"good": 6, "crack": 3, "hole": 1}
+    again, _ = dev_final_split(cat, 0.3, seed=0)
+    other, _ = dev_final_split(cat, 0.3, seed=1)
+    assert [s.path for s in again.test] == [s.path for s in dev.test] != [s.path for s in other.test]
+
+
+@pytest.mark.data
+def test_recorded_splits_match_the_split_function():
+    import json
+    from pathlib import Path
+
+    from fastmsfd.datasets import dev_final_split, mvtec_category
+
+    from .conftest import SHARED_DATA
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "splits"
+    for record in sorted(docs.glob("*.json")):
+        data = json.loads(record.read_text())
+        folder = SHARED_DATA / data["category"]
+        if not folder.is_dir():
+            pytest.skip(f"{folder} absent (../shared/data)")
+        dev, final = dev_final_split(mvtec_category(folder), data["fraction"], data["seed"])
+        assert [str(s.path.relative_to(folder)) for s in dev.test] == data["development"]
+        assert [str(s.path.relative_to(folder)) for s in final.test] == data["final"]

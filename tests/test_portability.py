@@ -273,6 +273,7 @@ def test_predict_on_arrays_matches_tensor_input_in_order():
     torch.testing.assert_close(got.heatmaps, want.heatmaps, rtol=0, atol=0)
     mixed = det.predict(at_size[:2] + larger + at_size[2:], batch_size=3)
     assert mixed.sizes == [(32, 32)] * 2 + [(41, 37)] * 3 + [(32, 32)] * 3
-    torch.testing.assert_close(mixed.scores[[0, 1, 5, 6, 7]], want.scores, rtol=0, atol=0)
+    # the global branch's matrix product rounds differently for other batch sizes (a few 1e-7)
+    torch.testing.assert_close(mixed.scores[[0, 1, 5, 6, 7]], want.scores, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match=r"images\[5\]: expected"):  # the index in the whole input
         det.predict(at_size + [np.zeros((32, 32, 2), np.uint8)], batch_size=2)

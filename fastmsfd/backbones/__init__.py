@@ -19,14 +19,15 @@ LITE_MEAN = (127 / 255,) * 3
 LITE_STD = (128 / 255,) * 3
 
 # name -> (constructor, valid layers, default layers, input mean, input std)
-# Defaults: three scales at strides 4/8/16 (see docs/defaults.md for the measurement behind them).
+# Defaults: three scales. EfficientNet-Lite: strides 16/16/32 (stage4-6), chosen on the development parts of MTD,
+# KolektorSDD and ELPV (docs/quality.md); ResNets: strides 4/8/16 (docs/defaults.md).
 BACKBONES = {
     "resnet18": (ResNetFeatures, RESNET_LAYERS, ("layer1", "layer2", "layer3"), IMAGENET_MEAN, IMAGENET_STD),
     "resnet34": (ResNetFeatures, RESNET_LAYERS, ("layer1", "layer2", "layer3"), IMAGENET_MEAN, IMAGENET_STD),
     "wide_resnet50_2": (ResNetFeatures, RESNET_LAYERS, ("layer1", "layer2", "layer3"), IMAGENET_MEAN, IMAGENET_STD),
 }
 for _name in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"):
-    BACKBONES[_name] = (EfficientNetLiteFeatures, LITE_LAYERS, ("stage2", "stage3", "stage4"),
+    BACKBONES[_name] = (EfficientNetLiteFeatures, LITE_LAYERS, ("stage4", "stage5", "stage6"),
                         LITE_MEAN, LITE_STD)
 
 
@@ -37,6 +38,12 @@ def backbone_names() -> list[str]:
 def default_layers(name: str) -> tuple[str, ...]:
     _check_name(name)
     return BACKBONES[name][2]
+
+
+def layer_order(name: str) -> tuple[str, ...]:
+    """The backbone's layer names from shallow to deep."""
+    _check_name(name)
+    return tuple(BACKBONES[name][1])
 
 
 def normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -158,5 +165,6 @@ def build_teacher(name: str, layers: Sequence[str] | None = None, weights=None, 
     return model
 
 
-__all__ = ["build_backbone", "build_student", "build_teacher", "backbone_names", "default_layers", "normalization",
+__all__ = ["build_backbone", "build_student", "build_teacher", "backbone_names", "default_layers", "layer_order",
+           "normalization",
            "resolve_weights", "find_weights_file", "load_matching"]

@@ -82,7 +82,7 @@ def _metadata(det, cfg: ServeConfig) -> dict:
 
     thr = float(det.threshold)
     return {"backbone": det.settings.network.backbone, "layers": list(det.layers),
-            "input": {"height": det.image_size, "width": det.image_size, "channels": 3, "dtype": "uint8",
+            "input": {"height": det.input_hw[0], "width": det.input_hw[1], "channels": 3, "dtype": "uint8",
                       "resize": "squash (antialiased bilinear)"},
             "threshold": None if math.isnan(thr) else thr, "runtime": det.runtime, "precision": det.precision,
             "fitted": det.fitted, "batching": {"max_batch": cfg.max_batch, "max_wait_ms": cfg.max_wait_ms,
@@ -112,11 +112,11 @@ def create_app(model, cfg: ServeConfig = ServeConfig(), runtime: str = "auto", p
             det = Detector.load(model, runtime=runtime, precision=precision) if isinstance(model, (str, Path)) \
                 else model
             det.eval()
-            S = det.image_size
+            H, W = det.input_hw
             # warm-up: every batch size the batcher can form runs once, so the runtime's per-shape memory is
             # allocated before /health says ready
             for n in range(1, cfg.max_batch + 1):
-                det.predict(torch.zeros(n, 3, S, S, dtype=torch.uint8), batch_size=n)
+                det.predict(torch.zeros(n, 3, H, W, dtype=torch.uint8), batch_size=n)
             return det
 
         state["det"] = await run_in_threadpool(load)
@@ -184,7 +184,7 @@ def create_app(model, cfg: ServeConfig = ServeConfig(), runtime: str = "auto", p
         files = await uploads(request)
         if len(files) > cfg.max_queue:
             raise ApiError(413, f"{len(files)} images in one request; at most {cfg.max_queue} (--max-queue)")
-        S = state["det"].image_size
+        S = state["det"].input_hw
         loop = asyncio.get_running_loop()
         decoded = [await loop.run_in_executor(state["cpu_pool"], _decode, data, name, S, cfg.max_pixels)
                    for name, data in files]

@@ -1,0 +1,76 @@
+"""The global branch: image-level evidence from the teacher's deep features, fused with the map's score.
+
+A Gaussian density of globally average-pooled teacher features at one deep layer, fitted on normal images
+(Ledoit-Wolf shrunk covariance); an image's global score is its Mahalanobis distance to that density. The
+image score is then a weighted sum of the map score and the global score, each standardised (mean, std) on
+held-out normal images so neither dominates by scale. The heatmap stays MSFD's.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+# chosen on the development parts (docs/quality.md); ResNets have no measurement yet, so no default branch
+DEFAULT_LAYERS = {"efficientnet_lite0": "stage7", "efficientnet_lite1": "stage7", "efficientnet_lite2": "stage7"}
+DEFAULT_WEIGHT = 0.4
+
+
+def default_layer(backbone: str) -> str | None:
+    """The backbone's global layer for global_layer="auto" (None: the branch stays off)."""
+    return DEFAULT_LAYERS.get(backbone)
+
+
+def pooled(features: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) -> (B, C) float32 global average."""
+    return features.float().mean(dim=(2, 3))
+
+
+def ledoit_wolf(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(mean, precision, shrinkage) of samples x (N, C): the covariance shrunk towards a scaled identity by the
+    Ledoit-Wolf (2004) optimal amount, in float64; well conditioned even with fewer samples than channels."""
+    x = x.double()
+    n, c = x.shape
+    mean = x.mean(0)
+    xc = x - mean
+    sample = xc.T @ xc / n
+    mu = torch.trace(sample) / c
+    delta = ((sample - mu * torch.eye(c, dtype=x.dtype)) ** 2).sum() / c
+    # sum over samples of ||x x^T - S||_F^2, expanded so that no C x C matrix per sample is formed
+    spread = ((xc * xc).sum(1) ** 2).sum() - 2 * ((xc @ sample) * xc).sum() + n * (sample ** 2).sum()
+    beta = spread / (c * n * n)
+    beta = torch.minimum(beta, delta)
+    shrinkage = float(beta / delta) if float(delta) > 0 else 1.0
+    cov = (1 - shrinkage) * sample + shrinkage * mu * torch.eye(c, dtype=x.dtype)
+    return mean.float(), torch.linalg.inv(cov).float(), shrinkage
+
+
+def fit_density(features: torch.Tensor, what: str = "the global branch") -> tuple[torch.Tensor, torch.Tensor]:
+    """mean, precision of pooled features (N, C); warns when N is too small for a full covariance."""
+    n, c = features.shape
+    if n < 2:
+        raise ValueError(f"{what} needs at least 2 normal images, got {n}")
+    mean, precision, shrinkage = ledoit_wolf(features)
+    if n <= c:
+        warnings.warn(f"{what}: {n} normal images for {c} feature channels; the covariance is shrunk "
+                      f"(Ledoit-Wolf, {shrinkage:.2f} towards the identity). {c + 1} or more images (several "
+                      f"times {c} is better) would estimate it fully.", stacklevel=3)
+    return mean, precision
+
+
+def mahalanobis(x: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
+    """(B, C) -> (B,) distances."""
+    d = x.float() - mean
+    return ((d @ precision) * d).sum(-1).clamp_min(0).sqrt()
+
+
+def standardize_stats(scores: torch.Tensor) -> tuple[float, float]:
+    s = scores.double()
+    return float(s.mean()), max(float(s.std()) if len(s) > 1 else 0.0, 1e-6)
+
+
+def fuse(map_score: torch.Tensor, global_score: torch.Tensor, stats: torch.Tensor, weight: float) -> torch.Tensor:
+    """(1 - weight) * z(map score) + weight * z(global score); stats = [map mean, map std, global mean, std]."""
+    z_map = (map_score.float() - stats[0]) / stats[1]
+    z_glob = (global_score.float() - stats[2]) / stats[3]
+    return (1 - weight) * z_map + weight * z_glob

@@ -1,0 +1,122 @@
+"""The global branch (fastmsfd/global_score.py): Ledoit-Wolf density of pooled deep teacher features, Mahalanobis
+score, fusion with the map score. Checked against scikit-learn and brute force, across runtimes (ONNX Runtime,
+OpenVINO: 1e-4 of the heatmap's magnitude, scores 1e-4 relative), through checkpoints, and on bad input."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from fastmsfd import Detector, global_score
+from fastmsfd.runtimes import runtime_status
+
+from .serve_fixtures import brick_crops, defective_crop
+
+SIZE = 64
+
+
+@pytest.mark.parametrize("n,c", [(50, 20), (12, 40), (300, 64), (3, 8)])
+def test_ledoit_wolf_matches_scikit_learn(n, c):
+    sk = pytest.importorskip("sklearn.covariance")
+    x = torch.randn(n, c, generator=torch.Generator().manual_seed(n)) * torch.rand(c) * 3 + torch.randn(c)
+    mean, precision, shrinkage = global_score.ledoit_wolf(x)
+    ref = sk.LedoitWolf().fit(x.double().numpy())
+    assert shrinkage == pytest.approx(ref.shrinkage_, rel=1e-5)
+    np.testing.assert_allclose(mean.numpy(), ref.location_, rtol=1e-5, atol=1e-6)
+    scale = np.abs(ref.precision_).max()
+    np.testing.assert_allclose(precision.numpy(), ref.precision_, atol=1e-4 * scale)  # float32 of a float64 inverse
+
+
+def test_mahalanobis_is_the_brute_force_formula():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(6, 6))
+    prec = a @ a.T + np.eye(6)
+    mean, x = rng.normal(size=6), rng.normal(size=(5, 6))
+    want = [np.sqrt((v - mean) @ prec @ (v - mean)) for v in x]
+    got = global_score.mahalanobis(torch.tensor(x, dtype=torch.float32), torch.tensor(mean, dtype=torch.float32),
+                                   torch.tensor(prec, dtype=torch.float32))
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5)
+
+
+def test_few_images_shrink_and_warn_with_how_many_would_do():
+    with pytest.warns(UserWarning, match=r"5 normal images for 32 feature channels.*33 or more"):
+        mean, precision = global_score.fit_density(torch.randn(5, 32))
+    assert torch.isfinite(precision).all() and torch.linalg.eigvalsh(precision.double()).min() > 0
+    with pytest.raises(ValueError, match="at least 2 normal images"):
+        global_score.fit_density(torch.randn(1, 32))
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # few images for 192 channels: the shrinkage warning is expected here
+        det = Detector(image_size=SIZE, runtime="torch", global_layer="auto", global_weight="auto")
+        det.fit(brick_crops(24), epochs=1, batch_size=8, progress=False)
+    return det
+
+
+def test_fused_score_is_the_weighted_sum_of_standardised_scores(fitted):
+    x = fitted._prepare(torch.stack([torch.from_numpy(a).permute(2, 0, 1) for a in brick_crops(3, seed=5)]))
+    with torch.no_grad():
+        t, s, g = fitted._all_features(x)
+        heat, fused = fitted.maps_from_features(t, s, global_features=g)
+        _, map_score = fitted.maps_from_features(t, s)
+        glob = fitted.global_scores(g)
+    m0, m1, g0, g1 = fitted.score_stats.tolist()
+    w = fitted.settings.score.global_weight
+    torch.testing.assert_close(fused, (1 - w) * (map_score - m0) / m1 + w * (glob - g0) / g1, rtol=1e-5, atol=1e-5)
+    assert fitted.settings.score.global_layer == "stage7" and 0 <= w <= 1
+    choice = fitted.info["global_weight_choice"]
+    assert choice["weight"] == w and len(choice["synthetic_auroc"]) == 11 and choice["n_synthetic"] > 0
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_runtimes_and_checkpoints_carry_the_global_branch(fitted, tmp_path, runtime):
+    if runtime_status()[runtime]:
+        pytest.skip(runtime_status()[runtime])
+    path = tmp_path / "g.fastmsfd"
+    fitted.save(path)
+    x = brick_crops(4, seed=8) + [defective_crop()]
+    ref = fitted.predict(x)
+    again = Detector.load(path, runtime="torch").predict(x)
+    assert torch.equal(again.scores, ref.scores) and torch.equal(again.heatmaps, ref.heatmaps)
+    other = Detector.load(path, runtime=runtime, precision="float32").predict(x)
+    scale = ref.heatmaps.abs().max().item()
+    assert (other.heatmaps - ref.heatmaps).abs().max().item() <= 1e-4 * scale
+    torch.testing.assert_close(other.scores, ref.scores, rtol=1e-4, atol=1e-4)
+
+
+def test_files_without_the_global_branch_load_and_score_the_map_alone(tmp_path):
+    from fastmsfd.checkpoint import load_checkpoint, save_checkpoint
+
+    det = Detector(image_size=SIZE, runtime="torch", layers=("stage2", "stage3", "stage4"), global_layer=None)
+    det.calibrate(brick_crops(4))
+    path = tmp_path / "old.fastmsfd"
+    det.save(path)
+    tensors, config = load_checkpoint(path)
+    for key in ("global_layer", "global_weight"):  # what files written before the branch hold
+        config.pop(key)
+    save_checkpoint(path, tensors, config)
+    old = Detector.load(path, runtime="torch")
+    assert old.settings.score.global_layer is None and not hasattr(old, "score_stats")
+    x = brick_crops(3, seed=2)
+    assert torch.equal(old.predict(x).scores, det.predict(x).scores)
+
+
+def test_bad_global_settings_are_refused_by_name():
+    with pytest.raises(ValueError, match="no layer 'stage9'"):
+        Detector(image_size=SIZE, global_layer="stage9", weights="random")
+    with pytest.raises(ValueError, match="global_weight"):
+        Detector(image_size=SIZE, global_layer="stage6", global_weight=1.5, weights="random")
+
+
+def test_synthetic_anomalies_change_only_a_defect_region():
+    from fastmsfd.fit import synthetic_anomalies
+
+    imgs = torch.stack([torch.from_numpy(a).permute(2, 0, 1) for a in brick_crops(3, size=64)])
+    bad = synthetic_anomalies(imgs, seed=0, per_image=2)
+    assert bad.shape == (6, 3, 64, 64) and bad.dtype == torch.uint8
+    for i in range(6):
+        changed = (bad[i].int() - imgs[i // 2].int()).abs().amax(0) > 2
+        assert 0 < changed.float().mean() < 0.5  # a defect, not a different image
