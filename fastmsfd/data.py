@@ -231,9 +231,19 @@ def resize_batch(images: Sequence[torch.Tensor], size: int | tuple[int, int]) ->
     return torch.stack(out).clamp_(0, 1)
 
 
-def decode_resized(path: str | os.PathLike, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """One image file -> (uint8 (3, S, S) resized with antialiased bilinear, its original (H, W))."""
-    t = _array_to_chw(read_image(path), str(path), keep_u8=True)
+def decode_resized(path: str | os.PathLike, size: int | tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
+    """One image file -> (uint8 (3, H, W) at size, resized with antialiased bilinear, its original (H, W))."""
+    return _resized(read_image(path), str(path), size)
+
+
+def decode_bytes_resized(data: bytes, name: str, size: int | tuple[int, int], max_pixels: int = MAX_PIXELS
+                         ) -> tuple[torch.Tensor, tuple[int, int]]:
+    """decode_resized for encoded bytes (an upload, an object read by Ray); errors name `name`."""
+    return _resized(decode_bytes(data, name, max_pixels), name, size)
+
+
+def _resized(rgb: np.ndarray, name: str, size) -> tuple[torch.Tensor, tuple[int, int]]:
+    t = _array_to_chw(rgb, name, keep_u8=True)
     return resize_u8(t, size), (int(t.shape[1]), int(t.shape[2]))
 
 

@@ -119,13 +119,19 @@ def set_global_statistics(det, train_u8: torch.Tensor, held_out_u8: torch.Tensor
     mean, precision = global_score.fit_density(pooled)
     det.global_mean.copy_(mean)
     det.global_precision.copy_(precision)
+    map_scores, global_scores = _map_and_global_scores(det, held_out_u8)
+    stats = global_score.standardize_stats(map_scores) + global_score.standardize_stats(global_scores)
+    det.score_stats.copy_(torch.tensor(stats))
+
+
+@torch.no_grad()
+def _map_and_global_scores(det, images_u8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The map score and the global score of each image, before fusion (float32, CPU)."""
     map_scores, global_scores = [], []
-    for t, s, g in _batched_features(det, held_out_u8, with_global=True):
+    for t, s, g in _batched_features(det, images_u8, with_global=True):
         map_scores.append(det.maps_from_features(t, s)[1].float().cpu())
         global_scores.append(det.global_scores(g).float().cpu())
-    stats = global_score.standardize_stats(torch.cat(map_scores)) + \
-        global_score.standardize_stats(torch.cat(global_scores))
-    det.score_stats.copy_(torch.tensor(stats))
+    return torch.cat(map_scores), torch.cat(global_scores)
 
 
 SYNTHETIC_KINDS = ("scratch", "crack", "stain", "hole", "missing")
@@ -148,15 +154,11 @@ def synthetic_anomalies(images_u8: torch.Tensor, seed: int, per_image: int = 2) 
     return torch.stack(out)
 
 
-@torch.no_grad()
 def _standardized_scores(det, images_u8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(z map score, z global score) of uint8 images, standardised like fuse() does."""
-    z_map, z_glob = [], []
-    for t, s, g in _batched_features(det, images_u8, with_global=True):
-        m, glob = det.maps_from_features(t, s)[1].float().cpu(), det.global_scores(g).float().cpu()
-        z_map.append(global_score.fuse(m, glob, det.score_stats.cpu(), 0.0))
-        z_glob.append(global_score.fuse(m, glob, det.score_stats.cpu(), 1.0))
-    return torch.cat(z_map), torch.cat(z_glob)
+    m, glob = _map_and_global_scores(det, images_u8)
+    stats = det.score_stats.cpu()
+    return global_score.fuse(m, glob, stats, 0.0), global_score.fuse(m, glob, stats, 1.0)
 
 
 def choose_global_weight(det, held_out_u8: torch.Tensor, seed: int) -> float:

@@ -53,9 +53,7 @@ def model_settings(model_path: str | os.PathLike) -> dict:
 
 def decode_batch(batch: dict[str, Any], image_size: int | Sequence[int]) -> dict[str, Any]:
     """Ray Data task: raw file bytes -> uint8 (3, S, S) images; an unreadable file gets its error, not a crash."""
-    import torch
-
-    from .data import as_hw, decode_bytes, resize_u8
+    from .data import as_hw, decode_bytes_resized
     from .errors import FastMSFDError
 
     paths = [str(p) for p in batch["path"]]
@@ -63,9 +61,7 @@ def decode_batch(batch: dict[str, Any], image_size: int | Sequence[int]) -> dict
     errors = [""] * len(paths)
     for i, (path, data) in enumerate(zip(paths, batch["bytes"])):
         try:
-            rgb = decode_bytes(bytes(data), path)
-            chw = torch.from_numpy(np.require(rgb, requirements=["C", "W"])).permute(2, 0, 1)
-            images[i] = resize_u8(chw, image_size).numpy()
+            images[i] = decode_bytes_resized(bytes(data), path, image_size)[0].numpy()
         except FastMSFDError as exc:
             errors[i] = str(exc)
     return {"path": np.array(paths, dtype=object), "image": images, "error": np.array(errors, dtype=object)}

@@ -52,16 +52,14 @@ def _error(status: int, message: str, headers: Optional[dict] = None):
 
 
 def _decode(data: bytes, name: str, size: int, max_pixels: int):
-    """uint8 (3, S, S) for the model, the original (H, W); ApiError 400 naming the upload and the problem."""
-    from ..data import decode_bytes, resize_u8
+    """uint8 (3, H, W) for the model, the original (H, W); ApiError 400 naming the upload and the problem."""
+    from ..data import decode_bytes_resized
     from ..errors import ImageDecodeError
 
     try:
-        rgb = decode_bytes(data, name, max_pixels)
+        return decode_bytes_resized(data, name, size, max_pixels)
     except ImageDecodeError as exc:
         raise ApiError(400, str(exc)) from None
-    chw = torch.from_numpy(np.require(rgb, requirements=["C", "W"])).permute(2, 0, 1)
-    return resize_u8(chw, size), rgb.shape[:2]
 
 
 def _heatmap_png(image_u8: torch.Tensor, heat: np.ndarray, threshold: float) -> str:
