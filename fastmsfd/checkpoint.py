@@ -17,6 +17,7 @@ import torch
 
 from ._version import __version__
 from .errors import CheckpointError
+from .global_score import DEFAULT_WEIGHT
 
 FORMAT = "fastmsfd"
 FORMAT_VERSION = 1
@@ -136,7 +137,8 @@ def load_detector(cls, path: str | os.PathLike, **runtime_kwargs):
             # files written before the global branch existed score the map alone: they keep doing so
             det = cls(**{k: config[k] for k in REQUIRED_SETTINGS}, weights="random", device="cpu",
                       upsampling=config.get("upsampling", "gaussian"), map_norm=config.get("map_norm"),
-                      global_layer=config.get("global_layer"), global_weight=config.get("global_weight", 0.4),
+                      global_layer=config.get("global_layer"),
+                      global_weight=config.get("global_weight", DEFAULT_WEIGHT),
                       **runtime_kwargs)
     except ValueError as exc:
         raise CheckpointError(f"{path}: configuration not usable by this fastmsfd ({exc})") from None

@@ -12,10 +12,11 @@ import sys
 import time
 from pathlib import Path
 
+from .global_score import DEFAULT_WEIGHT
 from .report import fmt, write_text
 from .runtimes import PRECISIONS, RUNTIMES
 
-GLOBAL_LAYER_DEFAULT, GLOBAL_WEIGHT_DEFAULT = "auto", "0.4"
+GLOBAL_LAYER_DEFAULT, GLOBAL_WEIGHT_DEFAULT = "auto", str(DEFAULT_WEIGHT)
 
 DESCRIPTION = """Fast Multi-Scale Feature Distillation anomaly detection.
 
@@ -182,8 +183,7 @@ def _predict_on_ray(args, out: Path):
                       heatmap_dir=out / "heatmaps" if args.heatmaps else None)
     rows = list(ds.iter_rows())
     results = fray.rows_to_scores(rows)
-    ordered = [r for r in results if not r.error] + [r for r in results if r.error]
-    return ordered, float(tensors["threshold"][0]) if "threshold" in tensors else float("nan")
+    return results, float(tensors["threshold"][0]) if "threshold" in tensors else float("nan")
 
 
 def _eval_categories(args):

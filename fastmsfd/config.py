@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from .global_score import DEFAULT_WEIGHT
 from .ops.reference import AGGREGATIONS, DEFAULT_SIGMA_FACTOR, UPSAMPLINGS
 from .runtimes import PRECISIONS
 
@@ -79,7 +80,7 @@ class MapConfig:
 class ScoreConfig:
     score_topk: float | None = 0.01  # the mean of the top 1% of the heatmap; None: its maximum
     global_layer: str | None = None  # the global branch's teacher layer (global_score.py); None: map score only
-    global_weight: float = 0.4       # the global score's share of the fused image score (docs/quality.md)
+    global_weight: float = DEFAULT_WEIGHT  # the global score's share of the fused image score (docs/quality.md)
 
     def __post_init__(self):
         if self.score_topk is not None and not (isinstance(self.score_topk, (int, float))

@@ -69,7 +69,7 @@ class Detector(nn.Module):
             global_layer = global_score.default_layer(backbone)
         # "auto": fit() chooses it with synthetic defects on held-out normal images (fit.choose_global_weight)
         self.global_weight_request = global_weight
-        global_weight = 0.5 if global_weight == "auto" else global_weight
+        global_weight = global_score.DEFAULT_WEIGHT if global_weight == "auto" else global_weight
         # every setting validated once, before any network is built
         self.settings = DetectorConfig.from_dict(dict(global_layer=global_layer, global_weight=global_weight,
             backbone=backbone, layers=tuple(layers) if layers else default_layers(backbone), image_size=image_size,
