@@ -139,6 +139,8 @@ def load_detector(cls, path: str | os.PathLike, **runtime_kwargs):
                       upsampling=config.get("upsampling", "gaussian"), map_norm=config.get("map_norm"),
                       global_layer=config.get("global_layer"),
                       global_weight=config.get("global_weight", DEFAULT_WEIGHT),
+                      resize=config.get("resize", "squash"), tile=config.get("tile"),
+                      overlap=config.get("overlap", 0.25),
                       **runtime_kwargs)
     except ValueError as exc:
         raise CheckpointError(f"{path}: configuration not usable by this fastmsfd ({exc})") from None

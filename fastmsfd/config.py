@@ -1,7 +1,8 @@
 """The detector's settings as frozen dataclasses, validated once when made. Checkpoints store them flat
 (to_dict / from_dict: the keys files have always had), so files written before this module load unchanged.
 
-    network   backbone, layers, image_size, precision (what the networks are and how they compute)
+    network   backbone, layers, image_size, resize, tile, overlap, precision (what the networks are, what they
+              see and how they compute)
     map       alpha, beta, sigma_factor, aggregate, blur_sigma, upsampling, map_norm (heatmap from features)
     score     score_topk, global_layer, global_weight (image score: the heatmap's, fused with the global branch's)
 """
@@ -12,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from .geometry import RESIZE_POLICIES
 from .global_score import DEFAULT_WEIGHT
 from .ops.reference import AGGREGATIONS, DEFAULT_SIGMA_FACTOR, UPSAMPLINGS
 from .runtimes import PRECISIONS
@@ -33,25 +35,37 @@ def _finite(name: str, value, minimum: float = 0.0, strict: bool = False) -> flo
     return float(value)
 
 
+def _size(name: str, size):
+    """An int >= 32 or (height, width) of ints >= 32; a square (h, h) becomes the int h (the form files have
+    always had)."""
+    if isinstance(size, (list, tuple)) and len(size) == 2 and size[0] == size[1]:
+        size = size[0]
+    sides = size if isinstance(size, (list, tuple)) else (size,)
+    if not (0 < len(sides) <= 2 and all(isinstance(v, int) and not isinstance(v, bool) and v >= 32
+                                         for v in sides)):
+        raise ValueError(f"{name} must be an int >= 32 or (height, width) of ints >= 32, got {size!r}")
+    return tuple(size) if isinstance(size, (list, tuple)) else size
+
+
 @dataclass(frozen=True)
 class NetworkConfig:
     backbone: str = "efficientnet_lite0"
     layers: tuple[str, ...] = ()
-    image_size: int | tuple[int, int] = 256  # a square side, or (height, width)
+    image_size: int | tuple[int, int] = 256  # a square side, or (height, width): every image is resized to it
     precision: str = "float32"       # "auto": chosen per machine (runtimes.choose)
     random_teacher: bool = False
+    resize: str = "squash"           # how an image reaches image_size (geometry.py): "squash" or "keep_aspect"
+    tile: int | tuple[int, int] | None = None  # the networks' input when they run on tiles of image_size
+    overlap: float = 0.25            # the least overlap of neighbouring tiles, a fraction of a tile
 
     def __post_init__(self):
-        size = self.image_size
-        if isinstance(size, (list, tuple)) and len(size) == 2 and size[0] == size[1]:
-            size = size[0]  # a square stays an int: the form files have always had
-        sides = size if isinstance(size, (list, tuple)) else (size,)
-        if not (0 < len(sides) <= 2 and all(isinstance(v, int) and not isinstance(v, bool) and v >= 32
-                                             for v in sides)):
-            raise ValueError(f"image_size must be an int >= 32 or (height, width) of ints >= 32, got "
-                             f"{self.image_size!r}")
-        object.__setattr__(self, "image_size", tuple(size) if isinstance(size, (list, tuple)) else size)
+        object.__setattr__(self, "image_size", _size("image_size", self.image_size))
+        if self.tile is not None:
+            object.__setattr__(self, "tile", _size("tile", self.tile))
         one_of("precision", self.precision, PRECISIONS)
+        one_of("resize", self.resize, RESIZE_POLICIES)
+        if not (isinstance(self.overlap, (int, float)) and 0 <= self.overlap <= 0.75):
+            raise ValueError(f"overlap is a fraction of a tile in [0, 0.75], got {self.overlap!r}")
         object.__setattr__(self, "layers", tuple(self.layers))
 
 
@@ -102,8 +116,9 @@ class DetectorConfig:
         for part in (self.network, self.map, self.score):
             out.update(dataclasses.asdict(part))
         out["layers"] = list(self.network.layers)
-        if isinstance(self.network.image_size, tuple):
-            out["image_size"] = list(self.network.image_size)
+        for key in ("image_size", "tile"):
+            if isinstance(out[key], tuple):
+                out[key] = list(out[key])
         return out
 
     @classmethod

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import DataError, ImageDecodeError
+from .geometry import content_box, pad_edges
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 # Refuse images above this many pixels before decoding them (a decompression bomb's header is enough).
@@ -200,11 +201,15 @@ def as_hw(size: int | Sequence[int]) -> tuple[int, int]:
     return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
-def resize_u8(t: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
-    """One (3, H, W) image -> uint8 (3, S, S) with antialiased bilinear interpolation. uint8 images are resized in
-    uint8 (torch's vectorised uint8 kernel: about 3x faster than the float round trip, within one grey level of
-    it); float images in float, then rounded."""
+def resize_u8(t: torch.Tensor, size: int | tuple[int, int], resize: str = "squash") -> torch.Tensor:
+    """One (3, H, W) image -> uint8 (3, S, S) with antialiased bilinear interpolation, by the resize policy
+    (geometry.py: "squash" or "keep_aspect"). uint8 images are resized in uint8 (torch's vectorised uint8
+    kernel: about 3x faster than the float round trip, within one grey level of it); float images in float,
+    then rounded."""
     size = as_hw(size)
+    if resize != "squash":
+        box = content_box(tuple(t.shape[-2:]), size, resize)
+        return pad_edges(resize_u8(t, box[2:]), box, size).contiguous()
     if t.dtype != torch.uint8:
         return (resize_batch([t], size)[0] * 255).round().to(torch.uint8)
     if tuple(t.shape[-2:]) == size:
@@ -213,11 +218,11 @@ def resize_u8(t: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)[0].contiguous()
 
 
-def to_u8_batch(images, size: int, what: str = "images", first: int = 0
+def to_u8_batch(images, size: int, what: str = "images", first: int = 0, resize: str = "squash"
                 ) -> tuple[torch.Tensor, list[tuple[int, int]], list[str | None]]:
     """Any supported input -> (uint8 (B, 3, S, S) at the network's size, original (H, W) sizes, source names)."""
     ims, names = to_image_list(images, what, first, keep_u8=True)
-    return torch.stack([resize_u8(t, size) for t in ims]), [tuple(t.shape[-2:]) for t in ims], names
+    return torch.stack([resize_u8(t, size, resize) for t in ims]), [tuple(t.shape[-2:]) for t in ims], names
 
 
 def resize_batch(images: Sequence[torch.Tensor], size: int | tuple[int, int]) -> torch.Tensor:
@@ -231,34 +236,48 @@ def resize_batch(images: Sequence[torch.Tensor], size: int | tuple[int, int]) ->
     return torch.stack(out).clamp_(0, 1)
 
 
-def decode_resized(path: str | os.PathLike, size: int | tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
-    """One image file -> (uint8 (3, H, W) at size, resized with antialiased bilinear, its original (H, W))."""
-    return _resized(read_image(path), str(path), size)
+def decode_resized(path: str | os.PathLike, size: int | tuple[int, int], resize: str = "squash"
+                   ) -> tuple[torch.Tensor, tuple[int, int]]:
+    """One image file -> (uint8 (3, H, W) at size, resized with antialiased bilinear by the resize policy, its
+    original (H, W))."""
+    return _resized(read_image(path), str(path), size, resize)
 
 
-def decode_bytes_resized(data: bytes, name: str, size: int | tuple[int, int], max_pixels: int = MAX_PIXELS
-                         ) -> tuple[torch.Tensor, tuple[int, int]]:
+def decode_bytes_resized(data: bytes, name: str, size: int | tuple[int, int], max_pixels: int = MAX_PIXELS,
+                         resize: str = "squash") -> tuple[torch.Tensor, tuple[int, int]]:
     """decode_resized for encoded bytes (an upload, an object read by Ray); errors name `name`."""
-    return _resized(decode_bytes(data, name, max_pixels), name, size)
+    return _resized(decode_bytes(data, name, max_pixels), name, size, resize)
 
 
-def _resized(rgb: np.ndarray, name: str, size) -> tuple[torch.Tensor, tuple[int, int]]:
+def _resized(rgb: np.ndarray, name: str, size, resize: str) -> tuple[torch.Tensor, tuple[int, int]]:
     t = _array_to_chw(rgb, name, keep_u8=True)
-    return resize_u8(t, size), (int(t.shape[1]), int(t.shape[2]))
+    return resize_u8(t, size, resize), (int(t.shape[1]), int(t.shape[2]))
 
 
-def load_resized(paths: Iterable[Path], size: int | tuple[int, int], progress: bool = False) -> torch.Tensor:
+def load_resized(paths: Iterable[Path], size: int | tuple[int, int], progress: bool = False,
+                 resize: str = "squash") -> torch.Tensor:
     """Decode and resize image files to a uint8 (N, 3, H, W) tensor (compact enough to keep in memory)."""
     from tqdm.auto import tqdm
 
     paths = list(paths)
     out = torch.empty((len(paths), 3, *as_hw(size)), dtype=torch.uint8)
     for i, p in enumerate(tqdm(paths, desc="loading images", disable=not progress or len(paths) < 50, leave=False)):
-        out[i] = decode_resized(p, size)[0]
+        out[i] = decode_resized(p, size, resize)[0]
     return out
 
 
-def iter_batches(images, size: int, batch_size: int):
+def image_size_of(path: str | os.PathLike) -> tuple[int, int]:
+    """(H, W) of an image file from its header (EXIF orientation applied), without decoding its pixels."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            orientation = im.getexif().get(0x0112, 1)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        raise ImageDecodeError(f"{path}: not an image file, or a format Pillow cannot read ({exc})") from None
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+
+def iter_batches(images, size: int, batch_size: int, resize: str = "squash"):
     """predict()'s input as (uint8 batch at size, original sizes, names), one batch at a time: paths, a folder,
     PIL images, arrays or tensors. Decoding, checks and resizing run in worker threads, the next batch while this
     one infers (PIL, torch's resize and the runtimes release the GIL); at most two batches are in memory."""
@@ -282,14 +301,14 @@ def iter_batches(images, size: int, batch_size: int):
                             thread_name_prefix="fastmsfd-decode") as pool:
         if all(is_paths(c) for c in chunks):
             def submit(k):  # files: one task per file
-                return [pool.submit(decode_resized, p, S) for p in chunks[k]]
+                return [pool.submit(decode_resized, p, S, resize) for p in chunks[k]]
 
             def collect(k, futures):  # the first unreadable file raises, naming itself
                 done = [f.result() for f in futures]
                 return torch.stack([u for u, _ in done]), [hw for _, hw in done], [str(p) for p in chunks[k]]
         else:
             def submit(k):  # in-memory images: one task per batch (uint8 sources stay uint8)
-                return pool.submit(to_u8_batch, chunks[k], S, "images", k * batch_size)
+                return pool.submit(to_u8_batch, chunks[k], S, "images", k * batch_size, resize)
 
             def collect(k, future):
                 return future.result()

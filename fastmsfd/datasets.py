@@ -70,27 +70,49 @@ def mvtec_test_set(category: str | os.PathLike) -> list[TestSample]:
     return samples
 
 
-def normal_images_u8(source, size: int, progress: bool = False) -> torch.Tensor:
+def _source_paths(source) -> list[Path] | None:
+    """The image files a fit source names (a folder, an MVTec category, a file, a list of paths), else None."""
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.exists():
+            raise DataError(f"{path}: folder not found")
+        return training_paths(path) if path.is_dir() else [path]
+    if isinstance(source, (list, tuple)) and source and all(isinstance(p, (str, os.PathLike)) for p in source):
+        return [Path(p) for p in source]
+    return None
+
+
+def normal_image_sizes(source) -> list[tuple[int, int]]:
+    """(H, W) of every normal image of a fit source, from file headers for files (image_size="auto")."""
+    from .data import image_size_of, to_image_list
+
+    if isinstance(source, torch.utils.data.DataLoader):
+        raise DataError("image_size='auto' reads the sizes of files or in-memory images, not of a DataLoader: "
+                        "pass image_size=(height, width)")
+    paths = _source_paths(source)
+    if paths is not None:
+        return [image_size_of(p) for p in paths]
+    if isinstance(source, torch.Tensor) and source.dim() in (3, 4):
+        return [tuple(source.shape[-2:])] * (1 if source.dim() == 3 else len(source))
+    return [tuple(t.shape[-2:]) for t in to_image_list(source, "fit images", keep_u8=True)[0]]
+
+
+def normal_images_u8(source, size: int, progress: bool = False, resize: str = "squash") -> torch.Tensor:
     """Normal images for fit(): a folder, an MVTec category folder (train/good), a file, a list of paths, a
-    tensor/array batch or a DataLoader -> uint8 (N, 3, S, S) at the network's size."""
+    tensor/array batch or a DataLoader -> uint8 (N, 3, S, S) at the network's size, by the resize policy."""
     S = size
     if isinstance(source, torch.utils.data.DataLoader):
         chunks = []
         for batch in source:
             batch = batch[0] if isinstance(batch, (tuple, list)) else batch
-            chunks.append(to_u8_batch(batch, S, "DataLoader batch")[0])
+            chunks.append(to_u8_batch(batch, S, "DataLoader batch", resize=resize)[0])
         if not chunks:
             raise DataError("fit: the DataLoader yielded no batches")
         return torch.cat(chunks)
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.exists():
-            raise DataError(f"{path}: folder not found")
-        paths = training_paths(path) if path.is_dir() else [path]
-        return load_resized(paths, S, progress)
-    if isinstance(source, (list, tuple)) and source and all(isinstance(p, (str, os.PathLike)) for p in source):
-        return load_resized([Path(p) for p in source], S, progress)
-    return to_u8_batch(source, S, "fit images")[0]
+    paths = _source_paths(source)
+    if paths is not None:
+        return load_resized(paths, S, progress, resize)
+    return to_u8_batch(source, S, "fit images", resize=resize)[0]
 
 
 @dataclass

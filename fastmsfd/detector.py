@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import warnings
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Sequence
@@ -12,11 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import calibration, global_score, ops
+from . import calibration, global_score, ops, tiling
 from .backbones import build_student, build_teacher, default_layers, layer_order, normalization
 from .checkpoint import load_detector, save_detector
 from .config import DetectorConfig
 from .data import as_hw, iter_batches
+from .geometry import content_box, pad_edges
 from .ops import reference
 from .prediction import Prediction
 from .runtimes import RUNTIMES
@@ -53,13 +55,14 @@ class Detector(nn.Module):
     """
 
     def __init__(self, backbone: str = "efficientnet_lite0", layers: Sequence[str] | None = None,
-                 image_size: int | tuple[int, int] = 256, device: str | torch.device = "cpu", weights: Any = None,
+                 image_size: int | tuple[int, int] | str = 256, device: str | torch.device = "cpu", weights: Any = None,
                  runtime: str = "auto", precision: str = "float32", alpha: float = 1.0, beta: float = 1.0,
                  sigma_factor: float = reference.DEFAULT_SIGMA_FACTOR, aggregate: str = "sum",
                  score_topk: float | None = 0.01, blur_sigma: float | None = None, download: bool = False,
                  ops_backend: str = "auto", compile: bool | str = False, upsampling: str = "gaussian",
                  map_norm: str | None = "border", global_layer: str | None = "auto",
-                 global_weight: float | str = global_score.DEFAULT_WEIGHT):
+                 global_weight: float | str = global_score.DEFAULT_WEIGHT, resize: str = "squash",
+                 tile: int | tuple[int, int] | None = None, overlap: float = 0.25):
         super().__init__()
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
@@ -70,12 +73,15 @@ class Detector(nn.Module):
         # "auto": fit() chooses it with synthetic defects on held-out normal images (fit.choose_global_weight)
         self.global_weight_request = global_weight
         global_weight = global_score.DEFAULT_WEIGHT if global_weight == "auto" else global_weight
+        # "auto": fit() derives it from the training images' sizes (geometry.auto_image_size)
+        self.image_size_request = image_size
+        image_size = 256 if image_size == "auto" else image_size
         # every setting validated once, before any network is built
         self.settings = DetectorConfig.from_dict(dict(global_layer=global_layer, global_weight=global_weight,
             backbone=backbone, layers=tuple(layers) if layers else default_layers(backbone), image_size=image_size,
             precision=precision, random_teacher=isinstance(weights, str) and weights == "random", alpha=alpha,
             beta=beta, sigma_factor=sigma_factor, aggregate=aggregate, blur_sigma=blur_sigma, upsampling=upsampling,
-            map_norm=map_norm, score_topk=score_topk))
+            map_norm=map_norm, score_topk=score_topk, resize=resize, tile=tile, overlap=overlap))
         self.layers = self.settings.network.layers
         teacher_layers, self._map_index, self._global_index = _teacher_layers(backbone, self.layers, global_layer)
         self.teacher = build_teacher(backbone, teacher_layers, weights=weights, download=download)
@@ -87,8 +93,9 @@ class Detector(nn.Module):
         self.register_buffer("layer_weights", torch.ones(len(self.layers)))
         self.register_buffer("threshold", torch.tensor(float("nan")))
         # per-pixel statistics of normal heatmaps (map_norm="border"); the identity until fit() measures them
-        self.register_buffer("map_mean", torch.zeros(self.input_hw))
-        self.register_buffer("map_std", torch.ones(self.input_hw))
+        self.register_buffer("map_mean", torch.zeros(self.network_hw))
+        self.register_buffer("map_std", torch.ones(self.network_hw))
+        self._set_tiles()
         if global_layer:  # the global branch's density and the fusion's standardisation (identity until fit)
             c = self.teacher.channels[self._global_index]
             self.register_buffer("global_mean", torch.zeros(c))
@@ -128,6 +135,42 @@ class Detector(nn.Module):
         return as_hw(self.settings.network.image_size)
 
     @property
+    def network_hw(self) -> tuple[int, int]:
+        """The networks' input as (height, width): the tile when they run on tiles, else input_hw."""
+        tile = self.settings.network.tile
+        return self.input_hw if tile is None else as_hw(tile)
+
+    @property
+    def grid(self) -> tiling.TileGrid | None:
+        """Where the tiles lie in input_hw (None: the networks see the whole image)."""
+        return self._grid
+
+    def _set_tiles(self) -> None:
+        net = self.settings.network
+        tile = None if net.tile is None else tuple(min(a, b) for a, b in zip(as_hw(net.tile), self.input_hw))
+        if tile is not None and tile != as_hw(net.tile):
+            warnings.warn(f"tile {as_hw(net.tile)} is larger than image_size {self.input_hw}: using tiles of "
+                          f"{tile}", stacklevel=3)
+            self.settings = self.settings.replace(tile=list(tile))
+        self._grid = None if tile is None or tile == self.input_hw else \
+            tiling.TileGrid(self.input_hw, tile, net.overlap)
+        weights = self._grid.weights() if self._grid else torch.ones(1, 1, 1)
+        self.register_buffer("tile_weights", weights.to(self.mean.device), persistent=False)
+
+    def set_geometry(self, image_size: int | tuple[int, int]) -> None:
+        """Change image_size before fit (fit does this for image_size="auto"); the map statistics reset."""
+        self.settings = self.settings.replace(image_size=image_size)
+        self.map_mean = torch.zeros(self.network_hw, device=self.device)
+        self.map_std = torch.ones(self.network_hw, device=self.device)
+        self._set_tiles()
+        self.reset_runtime()
+
+    @property
+    def stride(self) -> int:
+        """The deepest map layer's stride: sizes that are a multiple of it leave no cell half on padding."""
+        return max(self.student.strides)
+
+    @property
     def config(self) -> MappingProxyType:
         """Every setting and what fit/calibrate measured, flat and read-only (the checkpoint's configuration).
         Settings change through Detector(...), Detector.load(...) or reset_runtime(precision=...)."""
@@ -138,7 +181,10 @@ class Detector(nn.Module):
         state = "fitted" if self.fitted else "not fitted"
         net, maps, score = self.settings.network, self.settings.map, self.settings.score
         glob = f", global={score.global_layer} (weight {score.global_weight:g})" if score.global_layer else ""
-        return (f"backbone={net.backbone}, layers={list(self.layers)}{glob}, image_size={self.image_size}, "
+        geometry = "" if net.resize == "squash" else f", resize={net.resize}"
+        geometry += "" if self._grid is None else f", tile={self.network_hw} x{len(self._grid)}"
+        return (f"backbone={net.backbone}, layers={list(self.layers)}{glob}, image_size={self.image_size}"
+                f"{geometry}, "
                 f"aggregate={maps.aggregate}, map_norm={maps.map_norm}, "
                 f"precision={net.precision}, {state}, "
                 f"threshold={'unset' if math.isnan(thr) else f'{thr:.4g}'}")
@@ -247,13 +293,36 @@ class Detector(nn.Module):
         return [a.to(b.dtype) for a, b in zip(t, s)], s, g
 
     def _sigmas(self, feats: Sequence[torch.Tensor]) -> list[float]:
-        return reference.default_sigmas([tuple(f.shape[-2:]) for f in feats], self.input_hw,
+        return reference.default_sigmas([tuple(f.shape[-2:]) for f in feats], self.network_hw,
                                         self.settings.map.sigma_factor)
 
     def heatmaps_and_scores(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Heatmaps (B, S, S) and image scores (B,) of normalised images, on the torch runtime."""
-        t, s, g = self._all_features(x)
-        return self.maps_from_features(t, s, global_features=g)
+        """Heatmaps (B, H, W) and image scores (B,) of normalised images at input_hw, on the torch runtime."""
+        heat, score, glob = self.map_and_global(x)
+        if glob is not None:
+            score = global_score.fuse(score, glob, self.score_stats, self.settings.score.global_weight)
+        return heat, score
+
+    TILE_CHUNK = 32  # network inputs per pass when an image runs as tiles: memory stays bounded
+
+    def map_and_global(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(heatmaps at input_hw, the map's image scores, the global branch's scores or None) of normalised
+        images, before fusion. Tiles: cut, scored tile by tile, stitched (tiling.py); the global branch
+        averages the pooled features of all of an image's tiles, so it sees the whole image."""
+        if self._grid is None:
+            t, s, g = self._all_features(x)
+            heat, score = self.maps_from_features(t, s)
+        else:
+            tiles = tiling.cut(x, self._grid)
+            heats, pooled = [], []
+            for i in range(0, len(tiles), max(self.TILE_CHUNK, len(x))):
+                t, s, g = self._all_features(tiles[i:i + max(self.TILE_CHUNK, len(x))])
+                heats.append(self.maps_from_features(t, s)[0])
+                pooled.append(g)
+            heat = tiling.stitch(torch.cat(heats), self._grid, self.tile_weights)
+            score = reference.image_score(heat, self.settings.score.score_topk)
+            g = None if pooled[0] is None else tiling.mean_over_tiles(torch.cat(pooled), len(self._grid))
+        return heat, score, (None if g is None else self.global_scores(g))
 
     def global_scores(self, global_features: torch.Tensor) -> torch.Tensor:
         """The global branch's score (Mahalanobis distance) of pooled global-layer features (B, C)."""
@@ -262,13 +331,14 @@ class Detector(nn.Module):
     def maps_from_features(self, t: Sequence[torch.Tensor], s: Sequence[torch.Tensor],
                            layer_weights: Sequence[float] | None = None, standardize: bool = True,
                            global_features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(heatmaps, scores) of teacher/student features with this detector's settings. Pass one layer's
+        """(heatmaps, scores) of teacher/student features with this detector's settings, at the networks' input
+        size (a tile's heatmap when the detector runs on tiles: map_and_global stitches them). Pass one layer's
         features, layer_weights=[1.0] and standardize=False to see that layer alone, up-sampled and scored as the
         detector does (the border statistics belong to the full heatmap). With global_features (pooled, from
         _all_features) and a global branch, the score is the fused one."""
         weights = self.layer_weights.tolist() if layer_weights is None else list(layer_weights)
         maps, topk = self.settings.map, self.settings.score.score_topk
-        heat, score = ops.anomaly_map(t, s, self.input_hw, layer_weights=weights, alpha=maps.alpha, beta=maps.beta,
+        heat, score = ops.anomaly_map(t, s, self.network_hw, layer_weights=weights, alpha=maps.alpha, beta=maps.beta,
                                       sigmas=self._sigmas(t), aggregate=maps.aggregate, topk=topk,
                                       blur_sigma=maps.blur_sigma, backend=self.ops_backend,
                                       upsampling=maps.upsampling)
@@ -281,10 +351,13 @@ class Detector(nn.Module):
         return heat, score
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 3, H, W) float images in [0, 1] -> heatmaps (B, S, S) and scores (B,). Resizes when H, W != S."""
+        """(B, 3, H, W) float images in [0, 1] -> heatmaps (B, S, S) and scores (B,). Resizes by the resize
+        policy when H, W != S."""
         hw = self.input_hw
         if tuple(images.shape[-2:]) != hw:
-            images = F.interpolate(images, size=hw, mode="bilinear", antialias=True, align_corners=False)
+            box = content_box(tuple(images.shape[-2:]), hw, self.settings.network.resize)
+            images = F.interpolate(images, size=box[2:], mode="bilinear", antialias=True, align_corners=False)
+            images = pad_edges(images, box, hw)
         return self.heatmaps_and_scores(self._normalize(images))
 
     # ---- fitting -------------------------------------------------------------------------------------
@@ -312,13 +385,29 @@ class Detector(nn.Module):
             # thread's back, so concurrent predict calls always see the same frozen networks.
             self.eval()
         thr = float(self.threshold)
-        for u8, sizes, names in iter_batches(images, self.input_hw, batch_size):
+        policy = self.settings.network.resize
+        for u8, sizes, names in iter_batches(images, self.input_hw, batch_size, policy):
+            self._warn_small(sizes, names)
             h, s = self._infer(u8)
             h, s = h.float().cpu(), s.float().cpu()
             labels = masks = None
             if not math.isnan(thr):
                 labels, masks = s > thr, h > thr
-            yield Prediction(h, s, labels, masks, sizes, names)
+            yield Prediction(h, s, labels, masks, sizes, names,
+                             [content_box(hw, self.input_hw, policy) for hw in sizes])
+
+    def _warn_small(self, sizes, names) -> None:
+        """Images smaller than one tile are up-sampled to image_size like any other (documented): say so."""
+        if self._grid is None:
+            return
+        th, tw = self.network_hw
+        small = [(n or f"images[{i}]", hw) for i, (hw, n) in enumerate(zip(sizes, names))
+                 if hw[0] < th or hw[1] < tw]
+        if small:
+            name, (h, w) = small[0]
+            warnings.warn(f"{len(small)} image(s) smaller than one tile ({th}x{tw}), e.g. {name} ({h}x{w}): "
+                          f"up-sampled to image_size {self.input_hw[0]}x{self.input_hw[1]} and run as tiles",
+                          stacklevel=3)
 
     @torch.no_grad()
     def predict(self, images, batch_size: int = 16, progress: bool = False) -> Prediction:

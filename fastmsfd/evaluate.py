@@ -1,6 +1,7 @@
 """Evaluate a fitted Detector on a test set: image AUROC, pixel AUROC, AUPRO, F1, per defect type.
 
-Resolution: by default heatmaps and masks at the detector's image_size (masks resized with nearest neighbour);
+Resolution: by default heatmaps and masks at the detector's image_size (masks resized with nearest neighbour; with
+resize="keep_aspect" the image's part of the heatmap, and the mask at that part's size);
 with full_res=True at each image's original size (heatmaps resized bilinearly). Every report states which.
 """
 from __future__ import annotations
@@ -92,16 +93,17 @@ def evaluate(detector, category: Category | str | Path, full_res: bool = False, 
             if full_res:
                 heat_list.append(pred.heatmap_at_input_size(j).numpy())
                 mask_list.append(np.zeros((h, w), bool) if mask is None else mask)
-            else:
-                heat_list.append(pred.heatmaps[j].numpy())
-                mask_list.append(mask_at(mask, hw))
+            else:  # at image_size, without the padding of resize="keep_aspect"
+                heat_list.append(pred.heatmap_of_image(j).numpy())
+                mask_list.append(mask_at(mask, heat_list[-1].shape))
         if bar:
             bar.update(len(chunk))
     if bar:
         bar.close()
     scores = np.concatenate(scores)
-    heat = heat_list if full_res else np.stack(heat_list)
-    masks = mask_list if full_res else np.stack(mask_list)
+    same = len({h.shape for h in heat_list}) == 1
+    heat = np.stack(heat_list) if same and not full_res else heat_list
+    masks = np.stack(mask_list) if same and not full_res else mask_list
     labels = np.array([s.label for s in samples])
     notes = list(category.notes)
     missing = [str(s.path) for s in samples if s.label and s.mask_path is None]

@@ -4,7 +4,8 @@ Input "images": uint8 (B, 3, S, S), RGB, already resized to the detector's image
 what Detector.predict does; the ONNX metadata says so). Normalisation happens inside the graph. Outputs
 "heatmap" (B, S, S) float32 and "score" (B,) float32: the same math as fastmsfd.ops.reference, with
 the Gaussian up-sampling as two MatMuls by fixed matrices, and the heatmap standardised by the detector's border
-statistics (map_norm="border") before the score. The batch dimension is dynamic.
+statistics (map_norm="border") before the score. With tiles, the graph cuts the image into the detector's tiles,
+standardises each tile's heatmap and stitches them (fastmsfd/tiling.py). The batch dimension is dynamic.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import calibration, global_score
+from . import calibration, global_score, tiling
 from ._version import __version__
 from .checkpoint import atomic_path
 from .onnx_passes import fold_pads
@@ -31,7 +32,7 @@ class InferenceGraph(nn.Module):
 
     def __init__(self, detector):
         super().__init__()
-        maps, hw = detector.settings.map, detector.input_hw
+        maps, hw = detector.settings.map, detector.network_hw
         self.teacher, self.student = detector.teacher, detector.student
         self.register_buffer("mean", detector.mean.detach().clone() * 255.0)
         self.register_buffer("std", detector.std.detach().clone() * 255.0)
@@ -57,6 +58,9 @@ class InferenceGraph(nn.Module):
         if self.map_norm:
             self.register_buffer("map_mean", detector.map_mean.detach().clone())
             self.register_buffer("map_std", detector.map_std.detach().clone())
+        self.grid = detector.grid  # tiles: cut and stitched by fixed slices and pads (tiling.py)
+        if self.grid is not None:
+            self.register_buffer("tile_weights", detector.tile_weights.detach().clone())
         if self.global_index is not None:
             self.global_weight = detector.settings.score.global_weight
             for name in ("global_mean", "global_precision", "score_stats"):
@@ -65,6 +69,8 @@ class InferenceGraph(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # the reference math itself (fastmsfd/ops/reference.py), traced: one definition for every backend
         x = (images.float() - self.mean) / self.std
+        if self.grid is not None:
+            x = tiling.cut(x, self.grid)
         t_all = self.teacher(x)
         maps = [reference.upsample(reference.combined_distance(t_all[j], s, self.alpha, self.beta),
                                    getattr(self, f"g_rows{i}"), getattr(self, f"g_cols{i}"))
@@ -74,9 +80,13 @@ class InferenceGraph(nn.Module):
             heat = reference.upsample(heat, self.blur_rows, self.blur_cols)
         if self.map_norm:
             heat = calibration.standardize(heat, self.map_mean, self.map_std)
+        if self.grid is not None:
+            heat = tiling.stitch(heat, self.grid, self.tile_weights)
         score = reference.image_score(heat, self.topk)
         if self.global_index is not None:
             g = global_score.pooled(t_all[self.global_index])
+            if self.grid is not None:
+                g = tiling.mean_over_tiles(g, len(self.grid))
             score = global_score.fuse(score, global_score.mahalanobis(g, self.global_mean, self.global_precision),
                                       self.score_stats, self.global_weight)
         return heat, score
@@ -85,6 +95,10 @@ class InferenceGraph(nn.Module):
 def metadata(detector) -> dict[str, str]:
     """What a serving stack needs to feed the graph, stored in the ONNX file's metadata_props."""
     H, W = detector.input_hw
+    net = detector.settings.network
+    resize = ("bilinear, antialias" if net.resize == "squash" else
+              "keep_aspect: bilinear, antialias, to fit inside HxW with the aspect kept, centred, the rest filled "
+              "by repeating the edge pixels")
     return {
         "fastmsfd_version": __version__,
         "input": f"{INPUT_NAME}: uint8 (batch, 3, {H}, {W}) RGB; resize each image to {H}x{W} (height x width) "
@@ -93,7 +107,10 @@ def metadata(detector) -> dict[str, str]:
         "height": str(H),
         "width": str(W),
         "channel_order": "RGB",
-        "resize": "bilinear, antialias",
+        "resize": resize,
+        "resize_policy": net.resize,
+        "tiles": "none" if detector.grid is None else
+                 f"{len(detector.grid)} tiles of {detector.network_hw[0]}x{detector.network_hw[1]} inside the graph",
         "outputs": "heatmap: float32 (batch, H, W); score: float32 (batch,); anomalous when score > threshold",
         "threshold": repr(float(detector.threshold)),
         "config": json.dumps({k: v for k, v in detector.config.items()}, default=str),

@@ -6,9 +6,9 @@ import math
 
 import torch
 
-from . import calibration, global_score
+from . import calibration, geometry, global_score, tiling
 from .backbones import build_student
-from .datasets import normal_images_u8
+from .datasets import normal_image_sizes, normal_images_u8
 from .distributed import data_parallel, init_from_env, rank_device
 from .errors import DataError
 from .ops import reference
@@ -36,7 +36,13 @@ def fit_detector(det, source, epochs: int | None, batch_size: int, lr: float, va
             "fit: precision='float16' would need loss scaling, which fastmsfd's training does not do (small "
             "float16 gradients underflow to zero). Fit with precision='float32' or 'bfloat16' (bfloat16 needs no "
             "scaling), save, then Detector.load(path, precision='float16') to infer in float16.")
-    train, val, n_val = split_held_out(normal_images_u8(source, det.input_hw, progress), val_fraction, seed)
+    choose_geometry(det, source, progress)
+    images = normal_images_u8(source, det.input_hw, progress, det.settings.network.resize)
+    train, val, n_val = split_held_out(images, val_fraction, seed)
+    # tiles: the student learns from random tiles of the training images; the held-out images are cut into the
+    # grid's tiles for early stopping and the layer weights, and scored whole for the threshold
+    crops = torch.Generator().manual_seed(seed)
+    val_net = val if det.grid is None else tiling.cut(val, det.grid)
     # A fresh student initialised from the seed: fit is reproducible across processes and a second fit starts
     # from scratch instead of continuing the first.
     with torch.random.fork_rng(devices=[]):
@@ -54,18 +60,21 @@ def fit_detector(det, source, epochs: int | None, batch_size: int, lr: float, va
     det.layer_weights.fill_(1.0)
     det.map_mean.zero_()
     det.map_std.fill_(1.0)
-    det.teacher.fit_statistics(det._prepare(train[i:i + 32]) for i in range(0, len(train), 32))
+    net_hw = det.network_hw
+    det.teacher.fit_statistics(det._prepare(tiling.random_crops(train[i:i + 32], net_hw, crops))
+                               for i in range(0, len(train), 32))
     det._fitting = True
     try:
         with data_parallel(det.student, device, world) as ddp_student:  # torchrun: DDP + global-batch BatchNorm
             features = det.features if world == 1 else (lambda x: det._features(x, ddp_student)[:2])
-            det.history = distill(det.teacher, det.student, features, train, val, det._prepare, cfg)
+            det.history = distill(det.teacher, det.student, features, train, val_net,
+                                  lambda u8: det._prepare(tiling.random_crops(u8, net_hw, crops)), cfg)
     finally:
         det._fitting = False
     det.eval()
-    set_layer_weights(det, val)
+    set_layer_weights(det, val_net)
     if maps.map_norm:
-        set_border_statistics(det, train)
+        set_border_statistics(det, train if det.grid is None else tiling.random_crops(train, net_hw, crops))
     if det.settings.score.global_layer:
         set_global_statistics(det, train, val)
         if det.global_weight_request == "auto":
@@ -77,12 +86,46 @@ def fit_detector(det, source, epochs: int | None, batch_size: int, lr: float, va
                     fit_seconds=round(det.history.seconds, 2))
 
 
-def _batched_features(det, images_u8: torch.Tensor, batch_size: int = 16, with_global: bool = False):
-    """Teacher and student features of uint8 images at image_size, one batch at a time (and the pooled
-    global-layer features with_global)."""
+def choose_geometry(det, source, progress: bool) -> None:
+    """image_size="auto": the training images' aspect at about geometry.AUTO_AREA pixels (said when progress is
+    on, and kept in det.info["geometry"]); any size: each side rounded to the map layers' stride, with a
+    warning naming the size used. The networks' input is the tile when there are tiles, so that is rounded."""
+    net = det.settings.network
+    if det.image_size_request == "auto":
+        sizes = normal_image_sizes(source)
+        hw = geometry.auto_image_size(sizes, det.stride)
+        det.info["geometry"] = {"image_size": list(hw), "how": "median aspect of the training images",
+                                "n_images": len(sizes)}
+        if progress:
+            print(f"fastmsfd fit: image_size auto -> {hw[0]}x{hw[1]} (height x width; median aspect of "
+                  f"{len(sizes)} training images)")
+    elif net.tile is None:
+        hw = geometry.round_to_stride(det.input_hw, det.stride)
+    else:
+        hw = det.input_hw
+        tile = geometry.round_to_stride(det.network_hw, det.stride, "tile")
+        if tile != det.network_hw:
+            det.settings = det.settings.replace(tile=list(tile))
+    if hw != det.input_hw or net.tile != det.settings.network.tile:
+        det.set_geometry(list(hw))
+
+
+def _batched_features(det, images_u8: torch.Tensor, batch_size: int = 16):
+    """Teacher and student features of uint8 network inputs (images, or tiles), one batch at a time."""
     for i in range(0, len(images_u8), batch_size):
-        out = det._all_features(det._prepare(images_u8[i:i + batch_size]))
-        yield out if with_global else out[:2]
+        yield det._all_features(det._prepare(images_u8[i:i + batch_size]))[:2]
+
+
+def _pooled_global(det, images_u8: torch.Tensor, batch_size: int = 16):
+    """The global layer's pooled features of whole uint8 images, one batch at a time (with tiles: the mean over
+    each image's tiles, as inference computes it)."""
+    for i in range(0, len(images_u8), batch_size):
+        x = images_u8[i:i + batch_size]
+        if det.grid is None:
+            yield det._all_features(det._prepare(x))[2]
+        else:
+            g = torch.cat([det._all_features(det._prepare(t))[2] for t in tiling.cut(x, det.grid).split(64)])
+            yield tiling.mean_over_tiles(g, len(det.grid))
 
 
 @torch.no_grad()
@@ -115,7 +158,7 @@ def set_global_statistics(det, train_u8: torch.Tensor, held_out_u8: torch.Tensor
     """The global branch: its Gaussian density from the training images' pooled features, then the mean and std
     of the map score and of the global score on held-out normal images, which put both on one scale before
     they are fused (global_score.fuse)."""
-    pooled = torch.cat([g.float().cpu() for _, _, g in _batched_features(det, train_u8, with_global=True)])
+    pooled = torch.cat([g.float().cpu() for g in _pooled_global(det, train_u8)])
     mean, precision = global_score.fit_density(pooled)
     det.global_mean.copy_(mean)
     det.global_precision.copy_(precision)
@@ -128,9 +171,10 @@ def set_global_statistics(det, train_u8: torch.Tensor, held_out_u8: torch.Tensor
 def _map_and_global_scores(det, images_u8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The map score and the global score of each image, before fusion (float32, CPU)."""
     map_scores, global_scores = [], []
-    for t, s, g in _batched_features(det, images_u8, with_global=True):
-        map_scores.append(det.maps_from_features(t, s)[1].float().cpu())
-        global_scores.append(det.global_scores(g).float().cpu())
+    for i in range(0, len(images_u8), 16):
+        _, m, g = det.map_and_global(det._prepare(images_u8[i:i + 16]))
+        map_scores.append(m.float().cpu())
+        global_scores.append(g.float().cpu())
     return torch.cat(map_scores), torch.cat(global_scores)
 
 

@@ -51,7 +51,7 @@ def model_settings(model_path: str | os.PathLike) -> dict:
     return load_checkpoint(model_path)[1]
 
 
-def decode_batch(batch: dict[str, Any], image_size: int | Sequence[int]) -> dict[str, Any]:
+def decode_batch(batch: dict[str, Any], image_size: int | Sequence[int], resize: str = "squash") -> dict[str, Any]:
     """Ray Data task: raw file bytes -> uint8 (3, S, S) images; an unreadable file gets its error, not a crash."""
     from .data import as_hw, decode_bytes_resized
     from .errors import FastMSFDError
@@ -61,7 +61,7 @@ def decode_batch(batch: dict[str, Any], image_size: int | Sequence[int]) -> dict
     errors = [""] * len(paths)
     for i, (path, data) in enumerate(zip(paths, batch["bytes"])):
         try:
-            images[i] = decode_bytes_resized(bytes(data), path, image_size)[0].numpy()
+            images[i] = decode_bytes_resized(bytes(data), path, image_size, resize=resize)[0].numpy()
         except FastMSFDError as exc:
             errors[i] = str(exc)
     return {"path": np.array(paths, dtype=object), "image": images, "error": np.array(errors, dtype=object)}
@@ -169,7 +169,8 @@ def predict(paths_or_dataset, model_path: str | os.PathLike, batch_size: int = 1
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     model_path = str(model_path)
-    size = model_settings(model_path)["image_size"]
+    settings = model_settings(model_path)
+    size, resize = settings["image_size"], settings.get("resize", "squash")
     ray = init(address or "local")
     if isinstance(paths_or_dataset, ray.data.Dataset):
         ds = paths_or_dataset
@@ -180,7 +181,8 @@ def predict(paths_or_dataset, model_path: str | os.PathLike, batch_size: int = 1
         ds = ray.data.read_binary_files([str(p) for p in items], include_paths=True, file_extensions=[
             e.lstrip(".") for e in _extensions()], ignore_missing_paths=False)
     n_actors, cpus, gpus, actor_threads = _actor_plan(ray, actors, cpus_per_actor)
-    decoded = ds.map_batches(decode_batch, fn_kwargs={"image_size": size}, batch_size=DECODE_BATCH)
+    decoded = ds.map_batches(decode_batch, fn_kwargs={"image_size": size, "resize": resize},
+                             batch_size=DECODE_BATCH)
     return decoded.map_batches(
         actor_cls, fn_constructor_kwargs=dict(model_path=model_path, runtime=runtime,
                                                   threads=threads or actor_threads,

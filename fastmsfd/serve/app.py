@@ -24,6 +24,7 @@ except ImportError as exc:  # the serve extra is optional
     raise ImportError(f"fastmsfd serve needs FastAPI, uvicorn and python-multipart ({exc}): "
                       "pip install 'fastmsfd[serve]'") from None
 
+from ..geometry import content_box
 from .batcher import MicroBatcher, Overloaded
 from .limits import BodyLimitMiddleware, BodyTooLarge
 
@@ -51,22 +52,24 @@ def _error(status: int, message: str, headers: Optional[dict] = None):
     return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
 
 
-def _decode(data: bytes, name: str, size: int, max_pixels: int):
+def _decode(data: bytes, name: str, size: int, max_pixels: int, resize: str):
     """uint8 (3, H, W) for the model, the original (H, W); ApiError 400 naming the upload and the problem."""
     from ..data import decode_bytes_resized
     from ..errors import ImageDecodeError
 
     try:
-        return decode_bytes_resized(data, name, size, max_pixels)
+        return decode_bytes_resized(data, name, size, max_pixels, resize)
     except ImageDecodeError as exc:
         raise ApiError(400, str(exc)) from None
 
 
-def _heatmap_png(image_u8: torch.Tensor, heat: np.ndarray, threshold: float) -> str:
+def _heatmap_png(image_u8: torch.Tensor, heat: np.ndarray, threshold: float, box) -> str:
     from PIL import Image
 
     from ..viz import overlay, overlay_vmax
 
+    top, left, h, w = box  # resize="keep_aspect": the padding is not part of the image
+    image_u8, heat = image_u8[:, top:top + h, left:left + w], heat[top:top + h, left:left + w]
     png = io.BytesIO()
     Image.fromarray(overlay(image_u8.permute(1, 2, 0).numpy(), heat, overlay_vmax(threshold, [heat]))).save(
         png, format="PNG")
@@ -81,7 +84,7 @@ def _metadata(det, cfg: ServeConfig) -> dict:
     thr = float(det.threshold)
     return {"backbone": det.settings.network.backbone, "layers": list(det.layers),
             "input": {"height": det.input_hw[0], "width": det.input_hw[1], "channels": 3, "dtype": "uint8",
-                      "resize": "squash (antialiased bilinear)"},
+                      "resize": f"{det.settings.network.resize} (antialiased bilinear)"},
             "threshold": None if math.isnan(thr) else thr, "runtime": det.runtime, "precision": det.precision,
             "fitted": det.fitted, "batching": {"max_batch": cfg.max_batch, "max_wait_ms": cfg.max_wait_ms,
                                                "max_queue": cfg.max_queue},
@@ -182,9 +185,9 @@ def create_app(model, cfg: ServeConfig = ServeConfig(), runtime: str = "auto", p
         files = await uploads(request)
         if len(files) > cfg.max_queue:
             raise ApiError(413, f"{len(files)} images in one request; at most {cfg.max_queue} (--max-queue)")
-        S = state["det"].input_hw
+        S, resize = state["det"].input_hw, state["det"].settings.network.resize
         loop = asyncio.get_running_loop()
-        decoded = [await loop.run_in_executor(state["cpu_pool"], _decode, data, name, S, cfg.max_pixels)
+        decoded = [await loop.run_in_executor(state["cpu_pool"], _decode, data, name, S, cfg.max_pixels, resize)
                    for name, data in files]
         try:
             results = await asyncio.wait_for(state["batcher"].submit([u8 for u8, _ in decoded]), cfg.timeout_s)
@@ -199,7 +202,9 @@ def create_app(model, cfg: ServeConfig = ServeConfig(), runtime: str = "auto", p
                     "threshold": None if math.isnan(thr) else thr, "inference_ms": round(ms, 3), "batch": batch,
                     "width": int(w), "height": int(h)}
             if heatmap == "png":
-                item["heatmap_png"] = await loop.run_in_executor(state["cpu_pool"], _heatmap_png, u8, heat, thr)
+                box = content_box((h, w), S, resize)
+                item["heatmap_png"] = await loop.run_in_executor(state["cpu_pool"], _heatmap_png, u8, heat, thr,
+                                                                 box)
             out.append(item)
         return {"results": out}
 
