@@ -35,8 +35,17 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", default="efficientnet_lite0", help="teacher/student network (default: %(default)s)")
     p.add_argument("--layers", default=None, help="comma-separated layers, e.g. stage2,stage3,stage4")
     p.add_argument("--image-size", type=_image_size, default=256,
-                   help="network input size: one number (a square) or HEIGHTxWIDTH, e.g. 512x192 for tall parts "
+                   help="every image is resized to this: one number (a square), HEIGHTxWIDTH, e.g. 512x192 for "
+                        "tall parts, or auto (the training images' aspect at about 256x256 pixels; fit prints it) "
                         "(default: %(default)s)")
+    p.add_argument("--resize", default="squash", choices=["squash", "keep_aspect"],
+                   help="squash (default): stretch to the image size; keep_aspect: fit inside it, the rest filled "
+                        "by repeating the edge pixels")
+    p.add_argument("--tile", type=_image_size, default=None,
+                   help="run the networks on overlapping tiles of this size (one number or HEIGHTxWIDTH) cut from "
+                        "the resized image, stitched without seams (default: the whole image at once)")
+    p.add_argument("--overlap", type=float, default=0.25,
+                   help="least overlap of neighbouring tiles, a fraction of a tile (default: %(default)s)")
     p.add_argument("--weights", default=None, help="teacher weights file (default: resolve offline)")
     p.add_argument("--epochs", type=int, default=None,
                    help="maximum epochs; early stopping may end sooner (default: about 3,000 training images seen, "
@@ -55,7 +64,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _image_size(value: str):
-    """256 -> 256; 512x192 -> (512, 192) (height x width)."""
+    """256 -> 256; 512x192 -> (512, 192) (height x width); auto -> "auto"."""
+    if value.lower() == "auto":
+        return "auto"
     parts = value.lower().split("x")
     try:
         sides = [int(p) for p in parts]
@@ -96,7 +107,8 @@ def _build_detector(args):
     return Detector(backbone=args.backbone, layers=layers, image_size=args.image_size, weights=args.weights,
                     runtime=args.runtime, precision=args.precision or "float32",
                     map_norm=_choice_or_none(args.map_norm), global_layer=_choice_or_none(args.global_layer),
-                    global_weight=_global_weight(args.global_weight))
+                    global_weight=_global_weight(args.global_weight), resize=args.resize, tile=args.tile,
+                    overlap=args.overlap)
 
 
 def _load_detector(path, args):
@@ -143,6 +155,10 @@ def cmd_fit(args) -> int:
     h = det.history
     print(f"fitted {det!r}\n  {len(h.val_loss)} epochs in {h.seconds:.1f}s, best held-out loss "
           f"{min(h.val_loss):.4f} at epoch {h.best_epoch + 1}; saved {args.output}")
+    if "geometry" in det.info:
+        g = det.info["geometry"]
+        print(f"  image_size auto: {g['image_size'][0]}x{g['image_size'][1]} (height x width), {g['how']} "
+              f"({g['n_images']})")
     return 0
 
 

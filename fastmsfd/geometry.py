@@ -7,6 +7,7 @@ image_size="auto": fit() derives the size from the training images (auto_image_s
 """
 from __future__ import annotations
 
+import math
 import statistics
 import warnings
 from typing import Sequence
@@ -40,7 +41,7 @@ def pad_edges(image: torch.Tensor, box: tuple[int, int, int, int], canvas_hw: Se
 def round_to_stride(hw: tuple[int, int], stride: int, what: str = "image_size") -> tuple[int, int]:
     """hw with each side rounded to the nearest multiple of stride (at least one stride); warns naming the size
     used when it changes anything. A side that is not a multiple leaves the deepest cells half on padding."""
-    out = tuple(max(stride, round(v / stride) * stride) for v in hw)
+    out = tuple(_nearest_multiple(v, stride) for v in hw)
     if out != tuple(hw):
         warnings.warn(f"{what} {hw[0]}x{hw[1]} is not a multiple of the network's stride {stride}: using "
                       f"{out[0]}x{out[1]} (height x width)", stacklevel=3)
@@ -53,4 +54,9 @@ def auto_image_size(sizes: Sequence[tuple[int, int]], stride: int, area: int = A
         raise ValueError("image_size='auto' needs at least one training image")
     aspect = statistics.median(h / w for h, w in sizes)
     h, w = (area * aspect) ** 0.5, (area / aspect) ** 0.5
-    return tuple(max(stride, round(v / stride) * stride) for v in (h, w))
+    return tuple(_nearest_multiple(v, stride) for v in (h, w))
+
+
+def _nearest_multiple(value: float, stride: int) -> int:
+    """The multiple of stride nearest value (halves round up), at least one stride."""
+    return max(stride, math.floor(value / stride + 0.5) * stride)

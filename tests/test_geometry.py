@@ -2,6 +2,7 @@
 with that geometry; the ONNX graph matches the torch path (1e-4 of the heatmap's magnitude)."""
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -62,7 +63,18 @@ def test_cli_reads_height_x_width(tmp_path):
 
     from fastmsfd.cli import _image_size
 
-    assert _image_size("256") == 256 and _image_size("512x192") == (512, 192)
+    assert _image_size("256") == 256 and _image_size("512x192") == (512, 192) and _image_size("auto") == "auto"
+    from fastmsfd.cli import _build_detector, build_parser
+
+    args = build_parser().parse_args(["fit", "data", "-o", "m.fastmsfd", "--image-size", "128x256", "--tile", "64",
+                                      "--overlap", "0.5", "--resize", "keep_aspect", "--weights", "random",
+                                      "--layers", "stage2"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        det = _build_detector(args)
+    net = det.settings.network
+    assert (net.image_size, net.tile, net.overlap, net.resize) == ((128, 256), 64, 0.5, "keep_aspect")
+    assert len(det.grid) == 3 * 7
     with pytest.raises(argparse.ArgumentTypeError, match="HEIGHTxWIDTH"):
         _image_size("big")
 
@@ -79,3 +91,91 @@ def test_extreme_aspect_and_mixed_sizes_in_one_batch(rect):
     assert [tuple(h.shape) for h in pred.heatmaps_at_input_size()] == pred.sizes
     alone = rect.predict([tall]).scores
     torch.testing.assert_close(alone, pred.scores[1:2], rtol=1e-5, atol=1e-5)  # batch-mates change nothing
+
+
+# ---- resize="keep_aspect", image_size="auto", sizes rounded to the stride (fastmsfd/geometry.py) -------------
+
+def test_content_box_and_edge_padding():
+    from fastmsfd.geometry import content_box, pad_edges
+
+    assert content_box((50, 200), (96, 160), "squash") == (0, 0, 96, 160)
+    assert content_box((50, 200), (96, 160), "keep_aspect") == (28, 0, 40, 160)    # 4:1 inside 96x160, centred
+    assert content_box((300, 20), (64, 96), "keep_aspect") == (0, 46, 64, 4)
+    assert content_box((12, 240), (64, 96), "keep_aspect")[2:] == (5, 96)         # 1:20 keeps at least a pixel row
+    img = torch.arange(6, dtype=torch.uint8).view(1, 2, 3)
+    out = pad_edges(img, (1, 2, 2, 3), (4, 7))
+    assert torch.equal(out[:, 1:3, 2:5], img)                                     # the image, unchanged
+    assert torch.equal(out[0, 0], out[0, 1]) and torch.equal(out[0, 3], out[0, 2])  # rows repeat the edge rows
+    assert (out[0, :, 0] == out[0, :, 2]).all() and (out[0, :, 6] == out[0, :, 4]).all()
+
+
+def test_keep_aspect_fit_predict_evaluate(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from fastmsfd.data import resize_u8
+    from fastmsfd.datasets import folders_dataset
+    from fastmsfd.evaluate import evaluate
+
+    wide = [np.concatenate([c, c], axis=1) for c in brick_crops(12, size=64)]     # 64x128 parts
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        det = Detector(image_size=96, resize="keep_aspect", layers=["stage2", "stage3"], global_layer=None,
+                       runtime="torch").fit(wide, epochs=1, progress=False)
+    canvas = resize_u8(torch.from_numpy(wide[0]).permute(2, 0, 1), 96, "keep_aspect")
+    assert torch.equal(canvas[:, :24], canvas[:, 24:25].expand(-1, 24, -1))      # padding repeats the edge row
+    pred = det.predict(wide[:2])
+    assert pred.boxes == [(24, 0, 48, 96)] * 2 and pred.heatmap_of_image(0).shape == (48, 96)
+    assert pred.heatmap_at_input_size(0).shape == (64, 128)
+    # evaluation scores the image's part only: heatmaps and masks at 48x96
+    good, bad, masks = (tmp_path / d for d in ("good", "bad", "masks"))
+    for d in (good, bad, masks):
+        d.mkdir()
+    for i, im in enumerate(wide[:3]):
+        Image.fromarray(im).save(good / f"g{i}.png")
+        Image.fromarray(im).save(bad / f"b{i}.png")
+        m = np.zeros((64, 128), np.uint8)
+        m[20:30, 40:60] = 255
+        Image.fromarray(m).save(masks / f"b{i}.png")
+    result = evaluate(det, folders_dataset(good, bad, masks, train=good))
+    assert result.heatmaps.shape == (6, 48, 96) and result.masks.shape == (6, 48, 96)
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(masks / "b0.png")           # a mask of another aspect
+    with pytest.raises(Exception, match="b0.png: mask is 64x64 but its image"):
+        evaluate(det, folders_dataset(good, bad, masks, train=good))
+
+
+def test_auto_image_size_follows_the_training_images(capsys):
+    from fastmsfd.geometry import auto_image_size
+
+    assert auto_image_size([(60, 180)] * 3 + [(500, 500)], 32) == (160, 448)       # the median aspect: 1:3
+    assert auto_image_size([(1260, 500)], 32) == (416, 160)                         # KolektorSDD's 2.5:1
+    tall = [np.concatenate([c, c, c]) for c in brick_crops(6, size=40)]  # 120x40 parts
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        det = Detector(image_size="auto", layers=["stage2"], global_layer=None, runtime="torch",
+                       weights="random").fit(tall, epochs=1, progress=True)
+    assert det.stride == 4 and det.input_hw == (444, 148) and det.map_mean.shape == (444, 148)  # 3:1, x4
+    assert det.info["geometry"]["n_images"] == 6
+    assert "image_size auto -> 444x148" in capsys.readouterr().out
+    assert det.predict(tall[:1]).heatmaps.shape == (1, 444, 148)
+
+
+def test_sizes_round_to_the_stride_with_a_warning():
+    imgs = brick_crops(6, size=72)
+    det = Detector(image_size=(70, 100), layers=["stage2", "stage3"], global_layer=None, weights="random")
+    assert det.stride == 8
+    with pytest.warns(UserWarning, match=r"image_size 70x100 is not a multiple of the network's stride 8: "
+                                         r"using 72x104"):
+        det.fit(imgs, epochs=1, progress=False)
+    assert det.input_hw == (72, 104) and det.map_mean.shape == (72, 104)
+    tiled = Detector(image_size=(128, 128), tile=60, layers=["stage2", "stage3"], global_layer=None,
+                     weights="random")
+    with pytest.warns(UserWarning, match="tile 60x60 .* using 64x64"):
+        tiled.fit(imgs, epochs=1, progress=False)
+    assert tiled.network_hw == (64, 64) and tiled.map_mean.shape == (64, 64)
+
+
+def test_geometry_settings_are_validated():
+    for bad in [dict(resize="crop"), dict(tile=16), dict(overlap=0.9), dict(overlap=-0.1)]:
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            NetworkConfig(**bad)
