@@ -50,6 +50,12 @@ class Detector(nn.Module):
     distance to the image border, and every heatmap is standardised by them before scoring, so the noisier
     border pixels no longer win the top-k (docs/defaults.md, "Border calibration"). None: the raw heatmap.
 
+    Geometry (docs/geometry.md): every image is resized to image_size, an int or (H, W), or "auto" (fit takes
+    the training images' aspect); resize="squash" stretches, "keep_aspect" letterboxes with repeated edge
+    pixels. tile (an int or (H, W)) runs the networks on tiles of the resized image overlapping by at least
+    `overlap` of a tile, each standardised and then stitched into one heatmap (fastmsfd/tiling.py); the global
+    branch averages the pooled features of every tile. Sizes are rounded to the map layers' stride at fit time.
+
     A frozen ImageNet teacher and a same-architecture student; where their features disagree, the input is
     anomalous. Fit on defect-free images only.
     """

@@ -3,7 +3,9 @@ final parts (datasets.dev_final_split: 30% of each test folder, seed 0). For eac
 fits a detector with the global branch (default settings otherwise), then scores the test images: the map score
 (border-standardised, as shipped) and the global score, each standardised by the detector's held-out normal
 statistics, fused as (1 - w) z_map + w z_global. Writes the sweep and the ablation (map only, global only,
-fused) as Markdown.
+fused) as Markdown. --image-size, --resize, --tile and --overlap set the geometry (the map and global scores
+come from Detector.map_and_global, so tiles are stitched as in predict); images/s is the torch path's scoring
+of the final part, on whatever else shared the machine.
 
     .venv/bin/python scripts/experiments/fusion_sweep.py --out /tmp/fusion \\
         ../shared/data/mtd/magnetic_tile ../shared/data/kolektorsdd/commutator ../shared/data/elpv/solar_cell_mono
@@ -24,28 +26,31 @@ WEIGHTS = [round(0.1 * i, 1) for i in range(11)]
 
 def score_category(det, samples, batch: int = 16):
     from fastmsfd import metrics
-    from fastmsfd.data import load_resized
+    from fastmsfd.data import image_size_of, load_resized
     from fastmsfd.evaluate import mask_at, read_sample_mask
+    from fastmsfd.geometry import content_box
     from fastmsfd.global_score import fuse
 
-    S = det.input_hw
-    u8 = load_resized([s.path for s in samples], S)
+    S, resize = det.input_hw, det.settings.network.resize
+    u8 = load_resized([s.path for s in samples], S, resize=resize)
     z_map, z_glob, heats = [], [], []
     stats = det.score_stats
+    t0 = time.perf_counter()
     with torch.no_grad():
         for i in range(0, len(u8), batch):
-            t, s, g = det._all_features(det._prepare(u8[i:i + batch]))
-            heat, map_score = det.maps_from_features(t, s)
-            glob = det.global_scores(g)
+            heat, map_score, glob = det.map_and_global(det._prepare(u8[i:i + batch]))  # tiles too
             z_map.append(fuse(map_score, glob, stats, 0.0))
             z_glob.append(fuse(map_score, glob, stats, 1.0))
             heats.append(heat.float())
+    seconds = time.perf_counter() - t0
     labels = np.array([s.label for s in samples])
     heat = torch.cat(heats).numpy()
     out = {"labels": labels, "defects": [s.defect for s in samples], "z_map": torch.cat(z_map).numpy(),
-           "z_glob": torch.cat(z_glob).numpy()}
+           "z_glob": torch.cat(z_glob).numpy(), "images_per_s": len(samples) / seconds}
     if any(s.mask_path for s in samples):
-        masks = np.stack([mask_at(read_sample_mask(s), S) for s in samples])
+        boxes = [content_box(image_size_of(s.path), S, resize) for s in samples]
+        heat = [h[t:t + bh, lf:lf + bw] for h, (t, lf, bh, bw) in zip(heat, boxes)]  # keep_aspect: the image only
+        masks = [mask_at(read_sample_mask(s), b[2:]) for s, b in zip(samples, boxes)]
         out["pixel_auroc"] = metrics.pixel_auroc(masks, heat)
         out["aupro"] = metrics.aupro(masks, heat)
     return out
@@ -63,6 +68,9 @@ def main() -> None:
     ap.add_argument("--layer-sets", default="stage2,stage3,stage4;stage4,stage5,stage6")
     ap.add_argument("--global-layer", default="stage6")
     ap.add_argument("--image-size", default="256", help="one number, or HEIGHTxWIDTH")
+    ap.add_argument("--tile", default=None, help="tile size: one number, or HEIGHTxWIDTH (default: no tiles)")
+    ap.add_argument("--overlap", type=float, default=0.25)
+    ap.add_argument("--resize", default="squash", choices=["squash", "keep_aspect"])
     ap.add_argument("--out", default="fusion_sweep")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
@@ -71,8 +79,10 @@ def main() -> None:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    sides = [int(v) for v in args.image_size.lower().split("x")]
-    image_size = sides[0] if len(sides) == 1 else tuple(sides)
+    from fastmsfd.cli import _image_size
+
+    image_size, tile = _image_size(args.image_size), args.tile and _image_size(args.tile)
+    geometry = f"{args.image_size}-{args.resize}" + (f"-tile{args.tile}-{args.overlap}" if tile else "")
     results = {}
     for folder in args.categories:
         cat = mvtec_category(folder)
@@ -80,17 +90,18 @@ def main() -> None:
         dev, final = dev_final_split(cat)
         for layer_set in args.layer_sets.split(";"):
             layers = layer_set.split(",")
-            model = out / f"{name}-{'-'.join(layers)}.fastmsfd"
+            model = out / f"{name}-{'-'.join(layers)}-{geometry}.fastmsfd"
             info_path = model.with_suffix(".json")
             if not model.is_file():
                 t0 = time.perf_counter()
                 det = Detector(layers=layers, image_size=image_size, global_layer=args.global_layer,
-                               global_weight="auto")
+                               global_weight="auto", tile=tile, overlap=args.overlap, resize=args.resize)
                 det.fit(cat.root, progress=False)
                 fit_s = time.perf_counter() - t0
                 det.save(model)
                 info_path.write_text(json.dumps({"fit_seconds": fit_s, "epochs": det.config["epochs_run"],
-                                                 "auto_weight": det.settings.score.global_weight}))
+                                                 "auto_weight": det.settings.score.global_weight,
+                                                 "image_size": det.input_hw}))
             det = Detector.load(model, runtime="torch").eval()
             key = f"{name}|{layer_set}"
             results[key] = dict(json.loads(info_path.read_text()), dev=score_category(det, dev.test),
@@ -112,7 +123,7 @@ def main() -> None:
     lines += ["", f"Chosen on the development parts: map layers {best_ls}, global weight {best_w}.", "",
               "## Final parts (reported once)", "",
               "| dataset | map layers | image AUROC map only | global only | fused (w) | pixel AUROC | AUPRO | "
-              "fit s |", "|---|---|---|---|---|---|---|---|"]
+              "fit s | images/s |", "|---|---|---|---|---|---|---|---|---|"]
     for n in names:
         for ls in layer_sets:
             r = results[f"{n}|{ls}"]
@@ -120,7 +131,8 @@ def main() -> None:
             pix = f"{f['pixel_auroc']:.4f}" if "pixel_auroc" in f else "n/a"
             pro = f"{f['aupro']:.4f}" if "aupro" in f else "n/a"
             lines.append(f"| {n} | {ls} | {auroc_at(f, 0):.4f} | {auroc_at(f, 1):.4f} | "
-                         f"{auroc_at(f, best_w):.4f} ({best_w}) | {pix} | {pro} | {r['fit_seconds']:.0f} |")
+                         f"{auroc_at(f, best_w):.4f} ({best_w}) | {pix} | {pro} | {r['fit_seconds']:.0f} | "
+                         f"{f['images_per_s']:.1f} |")
     lines += ["", "## Final parts with the weight each detector chose itself (global_weight=\"auto\": synthetic "
               "defects on its held-out normal images, no labels)", "",
               "| dataset | map layers | auto weight | image AUROC |", "|---|---|---|---|"]
