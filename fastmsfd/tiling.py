@@ -31,7 +31,7 @@ def _ramp(tile: int, overlap_px: int) -> torch.Tensor:
     neither the weight nor its slope jumps: a linear ramp left measurable steps along the seams), 1 in the
     middle."""
     i = torch.arange(tile, dtype=torch.float64)
-    edge = torch.minimum(i, tile - 1 - i) + 0.5  # pixel centres
+    edge = torch.minimum(i, tile - 1 - i) + 1e-3  # > 0: an image edge covered by one tile only keeps it
     return torch.sin(0.5 * math.pi * (edge / max(1, overlap_px)).clamp(max=1.0)) ** 2
 
 

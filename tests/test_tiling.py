@@ -104,6 +104,8 @@ def test_no_seams_on_normal_texture(tiled):
         raw = tiled.maps_from_features(t, s, standardize=False)[0]
         naive = _seam_log_ratios(tiling.stitch(raw, naive_grid, torch.ones(len(naive_grid), TILE, TILE)),
                                  naive_grid)
+    print(f"\nseam log ratio: stitched {blended.mean():.3f} (p {stats.ttest_1samp(blended, 0).pvalue:.2g}), "
+          f"naive {naive.mean():.3f} (p {stats.ttest_1samp(naive, 0).pvalue:.2g})")
     assert len(tiled.grid.seams()[0]) > 0 and len(tiled.grid.seams()[1]) > 0
     assert stats.ttest_1samp(blended, 0).pvalue > 0.01 and abs(blended.mean()) < 0.1
     assert stats.ttest_1samp(naive, 0).pvalue < 0.01 and naive.mean() > 0.5
