@@ -48,6 +48,18 @@ dynamic_batching {{
 """
 
 
+def _geometry_params(detector) -> dict[str, str]:
+    """keep_aspect changes what the client sends; tiles run inside the graph (said for the record)."""
+    out = {}
+    if detector.settings.network.resize == "keep_aspect":
+        out["resize"] = (f"each image to fit inside {detector.input_hw[0]}x{detector.input_hw[1]} with its aspect "
+                         "kept (bilinear with antialiasing), centred, the rest filled by repeating its edge pixels")
+    if detector.grid is not None:
+        th, tw = detector.network_hw
+        out["tiles"] = f"{len(detector.grid)} tiles of {th}x{tw} inside the graph"
+    return out
+
+
 def write_triton_repository(detector, repo: str | Path, name: str = "fastmsfd", max_batch_size: int = 8,
                             max_queue_delay_us: int = 5000) -> Path:
     """Write REPO/<name>/ (config.pbtxt, 1/model.onnx); replaces an existing model of that name as a whole
@@ -66,7 +78,8 @@ def write_triton_repository(detector, repo: str | Path, name: str = "fastmsfd", 
         with atomic_path(staging / "1" / "model.onnx", suffix=".onnx") as tmp:
             tmp.write_bytes(onnx_bytes(detector, dynamic_batch=True))
         cfg = config_pbtxt(name, detector.input_hw, float(detector.threshold), max_batch_size,
-                           max_queue_delay_us, {"backbone": detector.settings.network.backbone})
+                           max_queue_delay_us, {"backbone": detector.settings.network.backbone,
+                                                **_geometry_params(detector)})
         (staging / "config.pbtxt").write_text(cfg)
         if final.exists():
             old = repo / f".{name}.old"

@@ -127,6 +127,11 @@ def test_keep_aspect_fit_predict_evaluate(tmp_path):
     pred = det.predict(wide[:2])
     assert pred.boxes == [(24, 0, 48, 96)] * 2 and pred.heatmap_of_image(0).shape == (48, 96)
     assert pred.heatmap_at_input_size(0).shape == (64, 128)
+    from fastmsfd.export import metadata
+    from fastmsfd.triton_repo import write_triton_repository
+
+    assert metadata(det)["resize_policy"] == "keep_aspect"                      # serving stacks are told
+    assert "aspect kept" in (write_triton_repository(det, tmp_path / "repo") / "config.pbtxt").read_text()
     # evaluation scores the image's part only: heatmaps and masks at 48x96
     good, bad, masks = (tmp_path / d for d in ("good", "bad", "masks"))
     for d in (good, bad, masks):

@@ -141,6 +141,10 @@ def test_tiled_checkpoint_and_onnx_match_torch(tiled, tmp_path):
     scale = ref.heatmaps.abs().max().item()
     assert (ort.heatmaps - ref.heatmaps).abs().max().item() <= 1e-4 * scale
     torch.testing.assert_close(ort.scores, ref.scores, rtol=1e-4, atol=1e-4)
+    from fastmsfd.triton_repo import write_triton_repository
+
+    config = (write_triton_repository(tiled, tmp_path / "repo") / "config.pbtxt").read_text()
+    assert "dims: [ 3, 128, 192 ]" in config and "12 tiles of 64x64 inside the graph" in config
 
 
 def test_tile_larger_than_image_size_runs_whole():
