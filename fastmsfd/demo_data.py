@@ -99,13 +99,15 @@ def _defect_alpha(kind: str, rng: np.random.Generator, size: int) -> tuple[np.nd
     raise ValueError(f"unknown defect kind {kind!r}")
 
 
-def add_defect(img: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def add_defect(img: np.ndarray, kind: str, rng: np.random.Generator, strength: float = 1.0
+               ) -> tuple[np.ndarray, np.ndarray]:
     """Return (defective image, bool mask of the pixels the defect changes); img: float (H, W) or (H, W, C) in
-    [0, 1] (every channel gets the same defect)."""
+    [0, 1] (every channel gets the same defect). strength < 1 blends the defect in fainter (same shape)."""
     h, w = img.shape[:2]
     alpha, target = _defect_alpha(kind, rng, max(h, w))
     alpha = alpha[:h, :w]  # drawn on a square canvas; a rectangular image keeps its part of it
     mask = alpha >= 0.25
+    alpha = alpha * strength
     if img.ndim == 3:
         alpha = alpha[..., None]
     if target == -2.0:

@@ -182,8 +182,10 @@ SYNTHETIC_KINDS = ("scratch", "crack", "stain", "hole", "missing")
 WEIGHT_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 
 
-def synthetic_anomalies(images_u8: torch.Tensor, seed: int, per_image: int = 2) -> torch.Tensor:
-    """Each image with per_image synthetic defects of the demo's kinds (one defect per copy), uint8."""
+def synthetic_anomalies(images_u8: torch.Tensor, seed: int, per_image: int = 2, strength: float = 1.0
+                        ) -> torch.Tensor:
+    """Each image with per_image synthetic defects of the demo's kinds (one defect per copy), uint8; strength
+    < 1 blends them in fainter."""
     import numpy as np
 
     from .demo_data import add_defect
@@ -193,7 +195,7 @@ def synthetic_anomalies(images_u8: torch.Tensor, seed: int, per_image: int = 2) 
     for i, img in enumerate(images_u8):
         hwc = img.permute(1, 2, 0).float().numpy() / 255.0
         for k in range(per_image):
-            bad, _ = add_defect(hwc, SYNTHETIC_KINDS[(i * per_image + k) % len(SYNTHETIC_KINDS)], rng)
+            bad, _ = add_defect(hwc, SYNTHETIC_KINDS[(i * per_image + k) % len(SYNTHETIC_KINDS)], rng, strength)
             out.append(torch.from_numpy((bad * 255).round().astype(np.uint8)).permute(2, 0, 1))
     return torch.stack(out)
 

@@ -40,6 +40,15 @@ def test_defect_masks_cover_exactly_the_changed_pixels(kind):
     assert (changed & ~mask).sum() / max(changed.sum(), 1) < 0.25  # only soft anti-aliased edges lie outside
 
 
+@pytest.mark.parametrize("kind", DEFECTS)
+def test_fainter_defects_change_less_within_the_same_mask(kind):
+    img = np.random.default_rng(0).uniform(0.3, 0.7, (96, 96)).astype(np.float32)
+    full, mask = add_defect(img, kind, np.random.default_rng(2))
+    faint, faint_mask = add_defect(img, kind, np.random.default_rng(2), strength=0.3)
+    assert np.array_equal(mask, faint_mask)
+    np.testing.assert_allclose(np.abs(faint - img)[mask], 0.3 * np.abs(full - img)[mask], atol=0.03)
+
+
 def test_default_demo_quality(tmp_path):
     """The README's main job with its defaults (about 3.5 minutes on 2 cores, fit included): the foundation
     issue's bar, mean image AUROC >= 0.95. Over training seeds 0-2 the mean is 0.960-0.965 (docs/defaults.md),
