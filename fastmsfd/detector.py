@@ -99,9 +99,9 @@ class Detector(nn.Module):
         self.register_buffer("layer_weights", torch.ones(len(self.layers)))
         self.register_buffer("threshold", torch.tensor(float("nan")))
         # per-pixel statistics of normal heatmaps (map_norm="border"); the identity until fit() measures them
+        self._set_tiles()  # first: a tile larger than image_size is clamped here
         self.register_buffer("map_mean", torch.zeros(self.network_hw))
         self.register_buffer("map_std", torch.ones(self.network_hw))
-        self._set_tiles()
         if global_layer:  # the global branch's density and the fusion's standardisation (identity until fit)
             c = self.teacher.channels[self._global_index]
             self.register_buffer("global_mean", torch.zeros(c))

@@ -150,7 +150,7 @@ def test_tiled_checkpoint_and_onnx_match_torch(tiled, tmp_path):
 def test_tile_larger_than_image_size_runs_whole():
     with pytest.warns(UserWarning, match="larger than image_size"):
         det = Detector(image_size=64, tile=96, weights="random", layers=["stage2"], global_layer=None)
-    assert det.grid is None and det.network_hw == (64, 64)
+    assert det.grid is None and det.network_hw == (64, 64) and det.map_mean.shape == (64, 64)
 
 
 def test_every_op_backend_stitches_the_same_heatmap(tiled):
