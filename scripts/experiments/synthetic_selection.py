@@ -57,7 +57,8 @@ def main() -> None:
 
     strengths = [float(s) for s in args.strengths.split(",")]
     lines = ["| dataset | defects | Spearman (synthetic vs dev, 22 settings) | synthetic pick | its dev AUROC | "
-             "default's dev AUROC | best dev AUROC |", "|---|---|---|---|---|---|---|"]
+             "weight only (stage4-6): pick, dev AUROC | default's dev AUROC | best dev AUROC |",
+             "|---|---|---|---|---|---|---|---|"]
     for folder in args.categories:
         cat = mvtec_category(folder)
         name = cat.root.parent.name
@@ -82,11 +83,16 @@ def main() -> None:
         best_dev = max(dev_auc.values())
         for s in strengths:
             rho = spearmanr([syn_auc[s][k] for k in keys], [dev_auc[k] for k in keys]).correlation
-            # ties go to the default, then to the smaller weight
-            pick = max(keys, key=lambda k: (round(syn_auc[s][k], 4), k == DEFAULT, -k[1]))
+            # ties go to the default, then to the weight nearest the default's (as fit.choose_global_weight)
+            def rule(k):
+                return round(syn_auc[s][k], 4), k == DEFAULT, -abs(k[1] - DEFAULT[1])
+
+            pick = max(keys, key=rule)
+            w_pick = max([k for k in keys if k[0] == DEFAULT[0]], key=rule)  # what global_weight="auto" does
             lines.append(f"| {name} | strength {s} (AUROC {min(syn_auc[s].values()):.3f}-"
                          f"{max(syn_auc[s].values()):.3f}) | {rho:.2f} | {pick[0]}, w {pick[1]} | "
-                         f"{dev_auc[pick]:.4f} | {dev_auc[DEFAULT]:.4f} | {best_dev:.4f} |")
+                         f"{dev_auc[pick]:.4f} | w {w_pick[1]}, {dev_auc[w_pick]:.4f} | {dev_auc[DEFAULT]:.4f} | "
+                         f"{best_dev:.4f} |")
         print("\n".join(lines[-len(strengths):]), flush=True)
     print("\n".join(lines))
 
