@@ -298,6 +298,11 @@ class Detector(nn.Module):
         # bfloat16/float16: give both the student's dtype (the distance kernels accumulate in float32 anyway)
         return [a.to(b.dtype) for a, b in zip(t, s)], s, g
 
+    def global_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The global layer's pooled teacher features (B, C) of normalised network inputs: the teacher alone."""
+        with self._autocast():
+            return global_score.pooled(self.teacher(x)[self._global_index])
+
     def _sigmas(self, feats: Sequence[torch.Tensor]) -> list[float]:
         return reference.default_sigmas([tuple(f.shape[-2:]) for f in feats], self.network_hw,
                                         self.settings.map.sigma_factor)

@@ -42,7 +42,7 @@ def fit_detector(det, source, epochs: int | None, batch_size: int, lr: float, va
     # tiles: the student learns from random tiles of the training images; the held-out images are cut into the
     # grid's tiles for early stopping and the layer weights, and scored whole for the threshold
     crops = torch.Generator().manual_seed(seed)
-    val_net = val if det.grid is None else tiling.cut(val, det.grid)
+    val_net = val if det.grid is None else held_out_tiles(val, det.grid, seed)
     # A fresh student initialised from the seed: fit is reproducible across processes and a second fit starts
     # from scratch instead of continuing the first.
     with torch.random.fork_rng(devices=[]):
@@ -86,6 +86,19 @@ def fit_detector(det, source, epochs: int | None, batch_size: int, lr: float, va
                     fit_seconds=round(det.history.seconds, 2))
 
 
+MAX_HELD_OUT_TILES = 256  # early stopping and the layer weights need a sample of tiles, not every one
+
+
+def held_out_tiles(images_u8: torch.Tensor, grid, seed: int) -> torch.Tensor:
+    """The grid's tiles of the held-out images; beyond MAX_HELD_OUT_TILES a seeded sample of them (every epoch
+    scores these for early stopping, so their number is paid once per epoch)."""
+    tiles = tiling.cut(images_u8, grid)
+    if len(tiles) <= MAX_HELD_OUT_TILES:
+        return tiles
+    keep = torch.randperm(len(tiles), generator=torch.Generator().manual_seed(seed))[:MAX_HELD_OUT_TILES]
+    return tiles[keep.sort().values]
+
+
 def choose_geometry(det, source, progress: bool) -> None:
     """image_size="auto": the training images' aspect at about geometry.AUTO_AREA pixels (said when progress is
     on, and kept in det.info["geometry"]); any size: each side rounded to the map layers' stride, with a
@@ -118,13 +131,13 @@ def _batched_features(det, images_u8: torch.Tensor, batch_size: int = 16):
 
 def _pooled_global(det, images_u8: torch.Tensor, batch_size: int = 16):
     """The global layer's pooled features of whole uint8 images, one batch at a time (with tiles: the mean over
-    each image's tiles, as inference computes it)."""
+    each image's tiles, as inference computes it); the teacher alone runs."""
     for i in range(0, len(images_u8), batch_size):
         x = images_u8[i:i + batch_size]
         if det.grid is None:
-            yield det._all_features(det._prepare(x))[2]
+            yield det.global_features(det._prepare(x))
         else:
-            g = torch.cat([det._all_features(det._prepare(t))[2] for t in tiling.cut(x, det.grid).split(64)])
+            g = torch.cat([det.global_features(det._prepare(t)) for t in tiling.cut(x, det.grid).split(64)])
             yield tiling.mean_over_tiles(g, len(det.grid))
 
 

@@ -174,3 +174,13 @@ def test_every_op_backend_stitches_the_same_heatmap(tiled):
     for backend, (heat, score) in out.items():
         assert (heat - ref_heat).abs().max().item() <= 1e-4 * ref_heat.abs().max().item(), backend
         torch.testing.assert_close(score, ref_score, rtol=1e-4, atol=1e-4)
+
+
+def test_held_out_tiles_are_capped_and_seeded():
+    from fastmsfd.fit import MAX_HELD_OUT_TILES, held_out_tiles
+
+    u8 = (torch.rand(30, 3, 96, 96) * 255).to(torch.uint8)
+    grid = tiling.TileGrid((96, 96), (32, 32), 0.0)                     # 9 tiles an image: 270 in all
+    a, b = held_out_tiles(u8, grid, 0), held_out_tiles(u8, grid, 0)
+    assert a.shape == (MAX_HELD_OUT_TILES, 3, 32, 32) and torch.equal(a, b)
+    assert held_out_tiles(u8[:5], grid, 0).shape[0] == 45              # under the cap: every tile
