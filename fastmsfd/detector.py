@@ -54,7 +54,8 @@ class Detector(nn.Module):
     the training images' aspect); resize="squash" stretches, "keep_aspect" letterboxes with repeated edge
     pixels. tile (an int or (H, W)) runs the networks on tiles of the resized image overlapping by at least
     `overlap` of a tile, each standardised and then stitched into one heatmap (fastmsfd/tiling.py); the global
-    branch averages the pooled features of every tile. Sizes are rounded to the map layers' stride at fit time.
+    branch sees the whole image resized to the tile's size. Sizes are rounded to the map layers' stride at fit
+    time.
 
     A frozen ImageNet teacher and a same-architecture student; where their features disagree, the input is
     anomalous. Fit on defect-free images only.
@@ -162,6 +163,9 @@ class Detector(nn.Module):
             tiling.TileGrid(self.input_hw, tile, net.overlap)
         weights = self._grid.weights() if self._grid else torch.ones(1, 1, 1)
         self.register_buffer("tile_weights", weights.to(self.mean.device), persistent=False)
+        rows, cols = tiling.view_matrices(self.input_hw, tile) if self._grid else (torch.ones(1, 1),) * 2
+        self.register_buffer("view_rows", rows.to(self.mean.device), persistent=False)
+        self.register_buffer("view_cols", cols.to(self.mean.device), persistent=False)
 
     def set_geometry(self, image_size: int | tuple[int, int]) -> None:
         """Change image_size before fit (fit does this for image_size="auto"); the map statistics reset."""
@@ -318,22 +322,26 @@ class Detector(nn.Module):
 
     def map_and_global(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(heatmaps at input_hw, the map's image scores, the global branch's scores or None) of normalised
-        images, before fusion. Tiles: cut, scored tile by tile, stitched (tiling.py); the global branch
-        averages the pooled features of all of an image's tiles, so it sees the whole image."""
+        images, before fusion. Tiles: cut, scored tile by tile, stitched (tiling.py); the global branch sees
+        the whole image once, resized to the tile's size (whole_image_features)."""
         if self._grid is None:
             t, s, g = self._all_features(x)
             heat, score = self.maps_from_features(t, s)
         else:
             tiles = tiling.cut(x, self._grid)
-            heats, pooled = [], []
-            for i in range(0, len(tiles), max(self.TILE_CHUNK, len(x))):
-                t, s, g = self._all_features(tiles[i:i + max(self.TILE_CHUNK, len(x))])
-                heats.append(self.maps_from_features(t, s)[0])
-                pooled.append(g)
-            heat = tiling.stitch(torch.cat(heats), self._grid, self.tile_weights)
+            step = max(self.TILE_CHUNK, len(x))
+            heat = tiling.stitch(torch.cat([self.maps_from_features(*self.features(tiles[i:i + step]))[0]
+                                            for i in range(0, len(tiles), step)]), self._grid, self.tile_weights)
             score = reference.image_score(heat, self.settings.score.score_topk)
-            g = None if pooled[0] is None else tiling.mean_over_tiles(torch.cat(pooled), len(self._grid))
+            g = None if self._global_index is None else self.whole_image_features(x)
         return heat, score, (None if g is None else self.global_scores(g))
+
+    def whole_image_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The global branch's pooled features of normalised images at input_hw: with tiles, of the whole image
+        resized to the tile's size (an image-level view, as without tiles), else of the image itself."""
+        if self._grid is not None:
+            x = tiling.whole_view(x, self.view_rows, self.view_cols).contiguous(memory_format=torch.channels_last)
+        return self.global_features(x)
 
     def global_scores(self, global_features: torch.Tensor) -> torch.Tensor:
         """The global branch's score (Mahalanobis distance) of pooled global-layer features (B, C)."""

@@ -5,7 +5,8 @@ what Detector.predict does; the ONNX metadata says so). Normalisation happens in
 "heatmap" (B, S, S) float32 and "score" (B,) float32: the same math as fastmsfd.ops.reference, with
 the Gaussian up-sampling as two MatMuls by fixed matrices, and the heatmap standardised by the detector's border
 statistics (map_norm="border") before the score. With tiles, the graph cuts the image into the detector's tiles,
-standardises each tile's heatmap and stitches them (fastmsfd/tiling.py). The batch dimension is dynamic.
+standardises each tile's heatmap and stitches them (fastmsfd/tiling.py); the global branch runs the teacher once
+more on the whole image resized to the tile's size. The batch dimension is dynamic.
 """
 from __future__ import annotations
 
@@ -60,7 +61,8 @@ class InferenceGraph(nn.Module):
             self.register_buffer("map_std", detector.map_std.detach().clone())
         self.grid = detector.grid  # tiles: cut and stitched by fixed slices and pads (tiling.py)
         if self.grid is not None:
-            self.register_buffer("tile_weights", detector.tile_weights.detach().clone())
+            for name in ("tile_weights", "view_rows", "view_cols"):
+                self.register_buffer(name, getattr(detector, name).detach().clone())
         if self.global_index is not None:
             self.global_weight = detector.settings.score.global_weight
             for name in ("global_mean", "global_precision", "score_stats"):
@@ -69,6 +71,7 @@ class InferenceGraph(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # the reference math itself (fastmsfd/ops/reference.py), traced: one definition for every backend
         x = (images.float() - self.mean) / self.std
+        whole = x
         if self.grid is not None:
             x = tiling.cut(x, self.grid)
         t_all = self.teacher(x)
@@ -84,9 +87,11 @@ class InferenceGraph(nn.Module):
             heat = tiling.stitch(heat, self.grid, self.tile_weights)
         score = reference.image_score(heat, self.topk)
         if self.global_index is not None:
-            g = global_score.pooled(t_all[self.global_index])
-            if self.grid is not None:
-                g = tiling.mean_over_tiles(g, len(self.grid))
+            if self.grid is None:
+                g = global_score.pooled(t_all[self.global_index])
+            else:  # the whole image at the tile's size (Detector.whole_image_features)
+                view = tiling.whole_view(whole, self.view_rows, self.view_cols)
+                g = global_score.pooled(self.teacher(view)[self.global_index])
             score = global_score.fuse(score, global_score.mahalanobis(g, self.global_mean, self.global_precision),
                                       self.score_stats, self.global_weight)
         return heat, score

@@ -130,15 +130,10 @@ def _batched_features(det, images_u8: torch.Tensor, batch_size: int = 16):
 
 
 def _pooled_global(det, images_u8: torch.Tensor, batch_size: int = 16):
-    """The global layer's pooled features of whole uint8 images, one batch at a time (with tiles: the mean over
-    each image's tiles, as inference computes it); the teacher alone runs."""
+    """The global layer's pooled features of whole uint8 images, one batch at a time, as inference computes
+    them (Detector.whole_image_features); the teacher alone runs."""
     for i in range(0, len(images_u8), batch_size):
-        x = images_u8[i:i + batch_size]
-        if det.grid is None:
-            yield det.global_features(det._prepare(x))
-        else:
-            g = torch.cat([det.global_features(det._prepare(t)) for t in tiling.cut(x, det.grid).split(64)])
-            yield tiling.mean_over_tiles(g, len(det.grid))
+        yield det.whole_image_features(det._prepare(images_u8[i:i + batch_size]))
 
 
 @torch.no_grad()

@@ -5,7 +5,8 @@ Each tile's heatmap is first standardised by the border statistics of normal *ti
 tile's noisier edges are on the same scale as its centre; the stitch then weights every tile by a window that
 rises from almost 0 at its edges to 1 over the overlap, normalised so the weights at each pixel sum to 1: a
 tile's edge, where its context ends, hardly counts where a neighbour covers it. Cutting and
-stitching are fixed slices and pads for a given geometry, so the ONNX graph contains them too.
+stitching are fixed slices and pads for a given geometry, so the ONNX graph contains them too. The global branch
+sees the whole image once, resized to the tile's size (whole_view), not the tiles.
 """
 from __future__ import annotations
 
@@ -98,9 +99,20 @@ def stitch(tiles: torch.Tensor, grid: TileGrid, weights: torch.Tensor) -> torch.
     return sum(_place(per_tile[k], grid.canvas, pos) for k, pos in enumerate(grid.positions))
 
 
-def mean_over_tiles(values: torch.Tensor, n_tiles: int) -> torch.Tensor:
-    """(n * B, ...) per-tile values (cut's order) -> (B, ...) their mean over each image's tiles."""
-    return values.reshape(n_tiles, -1, *values.shape[1:]).mean(0)
+def view_matrices(canvas: tuple[int, int], size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows (h, H), cols (w, W)): antialiased bilinear resizing from canvas to size as two matrices (it is
+    separable), so the whole-image view is two MatMuls in every runtime (ONNX opset 17 has no antialiased
+    Resize)."""
+    def along(n_in: int, n_out: int) -> torch.Tensor:
+        eye = torch.eye(n_in, dtype=torch.float64)[None, None]
+        return F.interpolate(eye, size=(n_out, n_in), mode="bilinear", antialias=True, align_corners=False)[0, 0]
+
+    return along(canvas[0], size[0]).float(), along(canvas[1], size[1]).float()
+
+
+def whole_view(images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, h, w): the whole image at the tiles' size (view_matrices)."""
+    return rows @ images @ cols.T
 
 
 def random_crops(images: torch.Tensor, tile: tuple[int, int], generator: torch.Generator) -> torch.Tensor:

@@ -36,13 +36,12 @@ def test_grid_covers_the_image_and_weights_sum_to_one(canvas, tile, overlap):
     torch.testing.assert_close(back, x[:, 0], rtol=0, atol=1e-5)
 
 
-def test_mean_over_tiles_and_random_crops():
-    grid = tiling.TileGrid((96, 96), (64, 64), 0.5)
-    x = torch.rand(3, 2, 96, 96)
-    pooled = tiling.cut(x, grid).mean((2, 3))                # (n * B, C)
-    manual = torch.stack([torch.stack([x[b, :, r:r + 64, c:c + 64].mean((1, 2)) for r, c in grid.positions]).mean(0)
-                          for b in range(3)])
-    torch.testing.assert_close(tiling.mean_over_tiles(pooled, len(grid)), manual)
+@pytest.mark.parametrize("canvas,size", [((1280, 512), (256, 256)), ((96, 96), (64, 64)), ((130, 70), (64, 32))])
+def test_whole_view_is_antialiased_bilinear_and_random_crops(canvas, size):
+    x = torch.rand(2, 3, *canvas)
+    view = tiling.whole_view(x, *tiling.view_matrices(canvas, size))
+    ref = torch.nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    torch.testing.assert_close(view, ref, rtol=0, atol=1e-5)
     u8 = (torch.rand(40, 3, 80, 120) * 255).to(torch.uint8)
     a = tiling.random_crops(u8, (64, 64), torch.Generator().manual_seed(1))
     b = tiling.random_crops(u8, (64, 64), torch.Generator().manual_seed(1))
@@ -117,10 +116,10 @@ def test_tiled_detector_buffers_global_branch_and_small_images(tiled):
     x = tiled._prepare(_gravel(2, 3, True))
     with torch.no_grad():
         heat, map_score, glob = tiled.map_and_global(x)
-        pooled = tiled._all_features(tiling.cut(x, tiled.grid))[2]
-        whole = tiled.global_scores(tiling.mean_over_tiles(pooled, len(tiled.grid)))
+        view = torch.nn.functional.interpolate(x, size=(TILE, TILE), mode="bilinear", antialias=True)
+        whole = tiled.global_scores(tiled.global_features(view.contiguous(memory_format=torch.channels_last)))
     assert heat.shape == (2, *CANVAS)
-    torch.testing.assert_close(glob, whole)                    # the global branch sees every tile
+    torch.testing.assert_close(glob, whole, rtol=1e-4, atol=1e-4)  # the global branch sees the whole image
     small = np.full((40, 50, 3), 120, np.uint8)
     with pytest.warns(UserWarning, match="smaller than one tile"):
         pred = tiled.predict([small, np.full((300, 20, 3), 90, np.uint8)])   # mixed sizes, 15:1
