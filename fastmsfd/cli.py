@@ -34,10 +34,9 @@ DESCRIPTION = """Fast Multi-Scale Feature Distillation anomaly detection.
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", default="efficientnet_lite0", help="teacher/student network (default: %(default)s)")
     p.add_argument("--layers", default=None, help="comma-separated layers, e.g. stage2,stage3,stage4")
-    p.add_argument("--image-size", type=_image_size, default=256,
-                   help="every image is resized to this: one number (a square), HEIGHTxWIDTH, e.g. 512x192 for "
-                        "tall parts, or auto (the training images' aspect at about 256x256 pixels; fit prints it) "
-                        "(default: %(default)s)")
+    p.add_argument("--image-size", type=_image_size, default="auto",
+                   help="every image is resized to this: auto (the default: the training images' aspect at about "
+                        "256x256 pixels, printed by fit), one number (a square) or HEIGHTxWIDTH, e.g. 512x192")
     p.add_argument("--resize", default="squash", choices=["squash", "keep_aspect"],
                    help="squash (default): stretch to the image size; keep_aspect: fit inside it, the rest filled "
                         "by repeating the edge pixels")

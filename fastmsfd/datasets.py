@@ -86,9 +86,12 @@ def normal_image_sizes(source) -> list[tuple[int, int]]:
     """(H, W) of every normal image of a fit source, from file headers for files (image_size="auto")."""
     from .data import image_size_of, to_image_list
 
-    if isinstance(source, torch.utils.data.DataLoader):
-        raise DataError("image_size='auto' reads the sizes of files or in-memory images, not of a DataLoader: "
-                        "pass image_size=(height, width)")
+    if isinstance(source, torch.utils.data.DataLoader):  # its first batch (a batch shares one size)
+        batch = next(iter(source), None)
+        if batch is None:
+            raise DataError("fit: the DataLoader yielded no batches")
+        batch = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return [tuple(t.shape[-2:]) for t in to_image_list(batch, "DataLoader batch", keep_u8=True)[0]]
     paths = _source_paths(source)
     if paths is not None:
         return [image_size_of(p) for p in paths]

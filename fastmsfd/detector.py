@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import calibration, global_score, ops, tiling
+from . import calibration, geometry, global_score, ops, tiling
 from .backbones import build_student, build_teacher, default_layers, layer_order, normalization
 from .checkpoint import load_detector, save_detector
 from .config import DetectorConfig
@@ -50,19 +50,21 @@ class Detector(nn.Module):
     distance to the image border, and every heatmap is standardised by them before scoring, so the noisier
     border pixels no longer win the top-k (docs/defaults.md, "Border calibration"). None: the raw heatmap.
 
-    Geometry (docs/geometry.md): every image is resized to image_size, an int or (H, W), or "auto" (fit takes
-    the training images' aspect); resize="squash" stretches, "keep_aspect" letterboxes with repeated edge
-    pixels. tile (an int or (H, W)) runs the networks on tiles of the resized image overlapping by at least
-    `overlap` of a tile, each standardised and then stitched into one heatmap (fastmsfd/tiling.py); the global
-    branch sees the whole image resized to the tile's size. Sizes are rounded to the map layers' stride at fit
-    time.
+    Geometry (docs/geometry.md): every image is resized to image_size, an int or (H, W), or "auto" (the
+    default: fit takes the training images' median aspect at about 256x256 pixels; square parts get 256x256,
+    KolektorSDD's 500x1260 416x160, chosen on development parts, docs/quality.md). resize="squash" stretches,
+    "keep_aspect" letterboxes with repeated edge pixels. tile (an int or (H, W)) runs the networks on tiles of
+    the resized image overlapping by at least `overlap` of a tile, each standardised and then stitched into one
+    heatmap (fastmsfd/tiling.py); the global branch sees the whole image resized to the tile's size. Sizes are
+    rounded to the map layers' stride at fit time.
 
     A frozen ImageNet teacher and a same-architecture student; where their features disagree, the input is
     anomalous. Fit on defect-free images only.
     """
 
     def __init__(self, backbone: str = "efficientnet_lite0", layers: Sequence[str] | None = None,
-                 image_size: int | tuple[int, int] | str = 256, device: str | torch.device = "cpu", weights: Any = None,
+                 image_size: int | tuple[int, int] | str = "auto", device: str | torch.device = "cpu",
+                 weights: Any = None,
                  runtime: str = "auto", precision: str = "float32", alpha: float = 1.0, beta: float = 1.0,
                  sigma_factor: float = reference.DEFAULT_SIGMA_FACTOR, aggregate: str = "sum",
                  score_topk: float | None = 0.01, blur_sigma: float | None = None, download: bool = False,
@@ -80,9 +82,10 @@ class Detector(nn.Module):
         # "auto": fit() chooses it with synthetic defects on held-out normal images (fit.choose_global_weight)
         self.global_weight_request = global_weight
         global_weight = global_score.DEFAULT_WEIGHT if global_weight == "auto" else global_weight
-        # "auto": fit() derives it from the training images' sizes (geometry.auto_image_size)
+        # "auto" (the default): fit() derives it from the training images' sizes (geometry.auto_image_size);
+        # until then 256x256, which is also what square training images get
         self.image_size_request = image_size
-        image_size = 256 if image_size == "auto" else image_size
+        image_size = geometry.AUTO_SIDE if image_size == "auto" else image_size
         # every setting validated once, before any network is built
         self.settings = DetectorConfig.from_dict(dict(global_layer=global_layer, global_weight=global_weight,
             backbone=backbone, layers=tuple(layers) if layers else default_layers(backbone), image_size=image_size,

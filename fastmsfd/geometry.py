@@ -15,7 +15,8 @@ from typing import Sequence
 import torch
 
 RESIZE_POLICIES = ("squash", "keep_aspect")
-AUTO_AREA = 256 * 256     # image_size="auto": about this many pixels, at the training images' aspect ratio
+AUTO_SIDE = 256                # image_size="auto": a square's side; other aspects keep about its area
+AUTO_AREA = AUTO_SIDE * AUTO_SIDE
 
 
 def content_box(src_hw: Sequence[int], canvas_hw: Sequence[int], policy: str) -> tuple[int, int, int, int]:

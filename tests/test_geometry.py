@@ -163,6 +163,10 @@ def test_auto_image_size_follows_the_training_images(capsys):
     assert det.info["geometry"]["n_images"] == 6
     assert "image_size auto -> 444x148" in capsys.readouterr().out
     assert det.predict(tall[:1]).heatmaps.shape == (1, 444, 148)
+    from fastmsfd.datasets import normal_image_sizes
+
+    loader = torch.utils.data.DataLoader(torch.from_numpy(np.stack(tall)).permute(0, 3, 1, 2), batch_size=4)
+    assert normal_image_sizes(loader) == [(120, 40)] * 4          # a DataLoader: its first batch's sizes
 
 
 def test_sizes_round_to_the_stride_with_a_warning():
