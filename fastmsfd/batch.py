@@ -58,10 +58,11 @@ def score_files(det, paths: Sequence[Path], batch_size: int = 16, overlay_dir: P
             for j, (k, p, arr) in enumerate(good):
                 label = None if pred.labels is None else bool(pred.labels[j])
                 by_path[k] = FileScore(str(p), float(pred.scores[j]), label)
-                if overlay_dir is not None:
-                    heat = pred.heatmaps[j].numpy()
-                    save_overlay(overlay_dir / f"{p.stem}.png", arr, heat, overlay_vmax(thr, heat),
-                                 None if pred.masks is None else pred.masks[j].numpy())
+                if overlay_dir is not None:  # the image's part of the heatmap (resize="keep_aspect" pads)
+                    top, left, h, w = pred.boxes[j]
+                    heat = pred.heatmap_of_image(j).numpy()
+                    mask = None if pred.masks is None else pred.masks[j, top:top + h, left:left + w].numpy()
+                    save_overlay(overlay_dir / f"{p.stem}.png", arr, heat, overlay_vmax(thr, heat), mask)
         results += [by_path[k] for k in range(len(chunk))]
         bar.update(len(chunk))
     bar.close()

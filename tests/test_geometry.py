@@ -144,6 +144,10 @@ def test_keep_aspect_fit_predict_evaluate(tmp_path):
         Image.fromarray(m).save(masks / f"b{i}.png")
     result = evaluate(det, folders_dataset(good, bad, masks, train=good))
     assert result.heatmaps.shape == (6, 48, 96) and result.masks.shape == (6, 48, 96)
+    from fastmsfd.batch import score_files
+
+    score_files(det, [good / "g0.png"], overlay_dir=tmp_path / "overlays")       # fastmsfd predict's overlays
+    assert Image.open(tmp_path / "overlays" / "g0.png").size == (2 * 96, 48)    # image | overlay, no padding
     Image.fromarray(np.zeros((64, 64), np.uint8)).save(masks / "b0.png")           # a mask of another aspect
     with pytest.raises(Exception, match="b0.png: mask is 64x64 but its image"):
         evaluate(det, folders_dataset(good, bad, masks, train=good))
