@@ -83,21 +83,34 @@ def _source_paths(source) -> list[Path] | None:
 
 
 def normal_image_sizes(source) -> list[tuple[int, int]]:
-    """(H, W) of every normal image of a fit source, from file headers for files (image_size="auto")."""
-    from .data import image_size_of, to_image_list
+    """(H, W) of every normal image of a fit source (image_size="auto"): from file headers for files, from
+    shapes for arrays and tensors (nothing is decoded or copied twice); a DataLoader's first batch."""
+    from .data import image_size_of
 
     if isinstance(source, torch.utils.data.DataLoader):  # its first batch (a batch shares one size)
         batch = next(iter(source), None)
         if batch is None:
             raise DataError("fit: the DataLoader yielded no batches")
-        batch = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return [tuple(t.shape[-2:]) for t in to_image_list(batch, "DataLoader batch", keep_u8=True)[0]]
+        source = batch[0] if isinstance(batch, (tuple, list)) else batch
     paths = _source_paths(source)
     if paths is not None:
         return [image_size_of(p) for p in paths]
     if isinstance(source, torch.Tensor) and source.dim() in (3, 4):
         return [tuple(source.shape[-2:])] * (1 if source.dim() == 3 else len(source))
-    return [tuple(t.shape[-2:]) for t in to_image_list(source, "fit images", keep_u8=True)[0]]
+    # one array or PIL image is one image (as to_image_list reads it); fit turns a generator into a list first
+    items = [source] if isinstance(source, np.ndarray) or not isinstance(source, (list, tuple)) else source
+    return [_in_memory_size(item, i) for i, item in enumerate(items)]
+
+
+def _in_memory_size(item, index: int) -> tuple[int, int]:
+    """(H, W) of one in-memory image as to_image_list reads it (a PIL image is converted: EXIF orientation)."""
+    from .data import to_image_list
+
+    if isinstance(item, np.ndarray) and item.ndim in (2, 3):
+        return tuple(item.shape[:2])
+    if isinstance(item, torch.Tensor) and item.dim() == 3:
+        return tuple(item.shape[-2:])
+    return tuple(to_image_list([item], "fit images", first=index, keep_u8=True)[0][0].shape[-2:])
 
 
 def normal_images_u8(source, size: int, progress: bool = False, resize: str = "squash") -> torch.Tensor:

@@ -170,9 +170,11 @@ class Detector(nn.Module):
         self.register_buffer("view_rows", rows.to(self.mean.device), persistent=False)
         self.register_buffer("view_cols", cols.to(self.mean.device), persistent=False)
 
-    def set_geometry(self, image_size: int | tuple[int, int]) -> None:
-        """Change image_size before fit (fit does this for image_size="auto"); the map statistics reset."""
-        self.settings = self.settings.replace(image_size=image_size)
+    def set_geometry(self, image_size: int | tuple[int, int], tile: int | tuple[int, int] | None = None) -> None:
+        """Change image_size and tile before fit (fit does this for image_size="auto" and to round sizes to the
+        stride); the map statistics reset."""
+        self.settings = self.settings.replace(image_size=list(as_hw(image_size)),
+                                              tile=None if tile is None else list(as_hw(tile)))
         self.map_mean = torch.zeros(self.network_hw, device=self.device)
         self.map_std = torch.ones(self.network_hw, device=self.device)
         self._set_tiles()

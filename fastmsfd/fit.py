@@ -3,11 +3,13 @@ layer weights, the border statistics and the threshold on normal images only."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 
 from . import calibration, geometry, global_score, tiling
 from .backbones import build_student
+from .data import as_hw
 from .datasets import normal_image_sizes, normal_images_u8
 from .distributed import data_parallel, init_from_env, rank_device
 from .errors import DataError
@@ -36,6 +38,8 @@ def fit_detector(det, source, epochs: int | None, batch_size: int, lr: float, va
             "fit: precision='float16' would need loss scaling, which fastmsfd's training does not do (small "
             "float16 gradients underflow to zero). Fit with precision='float32' or 'bfloat16' (bfloat16 needs no "
             "scaling), save, then Detector.load(path, precision='float16') to infer in float16.")
+    if isinstance(source, Iterator):  # a generator: image_size="auto" reads the images before loading them
+        source = list(source)
     choose_geometry(det, source, progress)
     images = normal_images_u8(source, det.input_hw, progress, det.settings.network.resize)
     train, val, n_val = split_held_out(images, val_fraction, seed)
@@ -103,7 +107,7 @@ def choose_geometry(det, source, progress: bool) -> None:
     """image_size="auto": the training images' aspect at about geometry.AUTO_AREA pixels (said when progress is
     on, and kept in det.info["geometry"]); any size: each side rounded to the map layers' stride, with a
     warning naming the size used. The networks' input is the tile when there are tiles, so that is rounded."""
-    net = det.settings.network
+    hw, tile = det.input_hw, det.settings.network.tile
     if det.image_size_request == "auto":
         sizes = normal_image_sizes(source)
         hw = geometry.auto_image_size(sizes, det.stride)
@@ -112,21 +116,18 @@ def choose_geometry(det, source, progress: bool) -> None:
         if progress:
             print(f"fastmsfd fit: image_size auto -> {hw[0]}x{hw[1]} (height x width; median aspect of "
                   f"{len(sizes)} training images)")
-    elif net.tile is None:
-        hw = geometry.round_to_stride(det.input_hw, det.stride)
+    elif tile is None:
+        hw = geometry.round_to_stride(hw, det.stride)
     else:
-        hw = det.input_hw
         tile = geometry.round_to_stride(det.network_hw, det.stride, "tile")
-        if tile != det.network_hw:
-            det.settings = det.settings.replace(tile=list(tile))
-    if hw != det.input_hw or net.tile != det.settings.network.tile:
-        det.set_geometry(list(hw))
+    if tuple(hw) != det.input_hw or (tile is not None and as_hw(tile) != det.network_hw):
+        det.set_geometry(hw, tile)
 
 
 def _batched_features(det, images_u8: torch.Tensor, batch_size: int = 16):
     """Teacher and student features of uint8 network inputs (images, or tiles), one batch at a time."""
     for i in range(0, len(images_u8), batch_size):
-        yield det._all_features(det._prepare(images_u8[i:i + batch_size]))[:2]
+        yield det.features(det._prepare(images_u8[i:i + batch_size]))
 
 
 def _pooled_global(det, images_u8: torch.Tensor, batch_size: int = 16):

@@ -169,6 +169,11 @@ def test_auto_image_size_follows_the_training_images(capsys):
     assert det.predict(tall[:1]).heatmaps.shape == (1, 444, 148)
     from fastmsfd.datasets import normal_image_sizes
 
+    with warnings.catch_warnings():       # a generator is read once for the sizes, once for the pixels
+        warnings.simplefilter("ignore")
+        again = Detector(image_size="auto", layers=["stage2"], global_layer=None, runtime="torch",
+                         weights="random").fit((t for t in tall), epochs=1, progress=False)
+    assert again.input_hw == (444, 148) and again.info["n_train"] + again.info["n_val"] == 6
     loader = torch.utils.data.DataLoader(torch.from_numpy(np.stack(tall)).permute(0, 3, 1, 2), batch_size=4)
     assert normal_image_sizes(loader) == [(120, 40)] * 4          # a DataLoader: its first batch's sizes
 

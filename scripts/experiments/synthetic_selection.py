@@ -22,16 +22,11 @@ LAYER_SETS = ("stage2-stage3-stage4", "stage4-stage5-stage6")
 DEFAULT = ("stage4-stage5-stage6", 0.4)
 
 
-def z_scores(det, u8: torch.Tensor, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    from fastmsfd.global_score import fuse
+def z_scores(det, u8: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(z map score, z global score) per image, standardised as fuse() does (fit's own helper)."""
+    from fastmsfd.fit import _standardized_scores
 
-    zm, zg = [], []
-    with torch.no_grad():
-        for i in range(0, len(u8), batch):
-            _, m, g = det.map_and_global(det._prepare(u8[i:i + batch]))
-            zm.append(fuse(m, g, det.score_stats, 0.0))
-            zg.append(fuse(m, g, det.score_stats, 1.0))
-    return torch.cat(zm).numpy(), torch.cat(zg).numpy()
+    return tuple(z.numpy() for z in _standardized_scores(det, u8))
 
 
 def table(labels, zm, zg) -> dict[float, float]:
