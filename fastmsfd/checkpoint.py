@@ -114,6 +114,8 @@ def save_detector(det, path: str | os.PathLike) -> None:
     """Teacher, student, buffers and configuration of a Detector in one file."""
     tensors = {f"teacher.{k}": v for k, v in det.teacher.state_dict().items()}
     tensors.update({f"student.{k}": v for k, v in det.student.state_dict().items()})
+    if det.global_teacher is not None:
+        tensors.update({f"global_teacher.{k}": v for k, v in det.global_teacher.state_dict().items()})
     tensors.update({name: getattr(det, name) for name in BUFFERS}, threshold=det.threshold.reshape(1))
     if det.settings.map.map_norm:
         tensors.update({name: getattr(det, name) for name in MAP_NORM_BUFFERS})
@@ -137,20 +139,25 @@ def load_detector(cls, path: str | os.PathLike, **runtime_kwargs):
             # files written before the global branch existed score the map alone: they keep doing so
             det = cls(**{k: config[k] for k in REQUIRED_SETTINGS}, weights="random", device="cpu",
                       upsampling=config.get("upsampling", "gaussian"), map_norm=config.get("map_norm"),
-                      global_layer=config.get("global_layer"),
+                      global_layer=config.get("global_layer"), global_backbone=config.get("global_backbone"),
                       global_weight=config.get("global_weight", DEFAULT_WEIGHT),
                       resize=config.get("resize", "squash"), tile=config.get("tile"),
                       overlap=config.get("overlap", 0.25),
                       **runtime_kwargs)
     except ValueError as exc:
         raise CheckpointError(f"{path}: configuration not usable by this fastmsfd ({exc})") from None
-    for name, module in (("teacher", det.teacher), ("student", det.student)):
+    networks = [("teacher", det.teacher), ("student", det.student)]
+    if det.global_teacher is not None:
+        networks.append(("global_teacher", det.global_teacher))
+    for name, module in networks:
         state = {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")}
         try:
             module.load_state_dict(state, strict=True)
         except RuntimeError as exc:
+            backbone = (config["global_backbone"], [config["global_layer"]]) if name == "global_teacher" else \
+                (config["backbone"], config["layers"])
             raise CheckpointError(f"{path}: {name} weights do not match backbone "
-                                  f"{config['backbone']} {config['layers']} ({str(exc)[:200]})") from None
+                                  f"{backbone[0]} {backbone[1]} ({str(exc)[:200]})") from None
     for name in BUFFERS + (MAP_NORM_BUFFERS if det.settings.map.map_norm else ()) + \
             (GLOBAL_BUFFERS if det.settings.score.global_layer else ()):
         if name not in tensors or tensors[name].shape != getattr(det, name).shape:

@@ -56,6 +56,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--global-layer", default=GLOBAL_LAYER_DEFAULT,
                    help="the global branch's teacher layer (pooled features, Gaussian density, fused with the map "
                         "score): auto (the backbone's default), a layer name, or none (default: %(default)s)")
+    p.add_argument("--global-backbone", default="auto",
+                   help="the global branch's own teacher: auto (a larger EfficientNet-Lite for EfficientNet-Lite "
+                        "maps), a backbone name, or none (the map's teacher) (default: %(default)s)")
     p.add_argument("--global-weight", default=GLOBAL_WEIGHT_DEFAULT,
                    help="the global score's share of the image score in [0, 1], or auto: chosen at fit time with "
                         "synthetic defects on held-out normal images (default: %(default)s)")
@@ -107,6 +110,7 @@ def _build_detector(args):
                     runtime=args.runtime, precision=args.precision or "float32",
                     map_norm=_choice_or_none(args.map_norm), global_layer=_choice_or_none(args.global_layer),
                     global_weight=_global_weight(args.global_weight), resize=args.resize, tile=args.tile,
+                    global_backbone=_choice_or_none(args.global_backbone),
                     overlap=args.overlap)
 
 

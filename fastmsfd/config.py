@@ -4,7 +4,8 @@
     network   backbone, layers, image_size, resize, tile, overlap, precision (what the networks are, what they
               see and how they compute)
     map       alpha, beta, sigma_factor, aggregate, blur_sigma, upsampling, map_norm (heatmap from features)
-    score     score_topk, global_layer, global_weight (image score: the heatmap's, fused with the global branch's)
+    score     score_topk, global_layer, global_backbone, global_weight (image score: the heatmap's, fused with
+              the global branch's)
 """
 from __future__ import annotations
 
@@ -94,6 +95,7 @@ class MapConfig:
 class ScoreConfig:
     score_topk: float | None = 0.01  # the mean of the top 1% of the heatmap; None: its maximum
     global_layer: str | None = None  # the global branch's teacher layer (global_score.py); None: map score only
+    global_backbone: str | None = None  # the global branch's own teacher; None: the map's teacher
     global_weight: float = DEFAULT_WEIGHT  # the global score's share of the fused image score (docs/quality.md)
 
     def __post_init__(self):

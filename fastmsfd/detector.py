@@ -18,6 +18,7 @@ from .backbones import build_student, build_teacher, default_layers, layer_order
 from .checkpoint import load_detector, save_detector
 from .config import DetectorConfig
 from .data import as_hw, iter_batches
+from .errors import WeightsNotFoundError
 from .geometry import content_box, pad_edges
 from .ops import reference
 from .prediction import Prediction
@@ -70,15 +71,15 @@ class Detector(nn.Module):
                  score_topk: float | None = 0.01, blur_sigma: float | None = None, download: bool = False,
                  ops_backend: str = "auto", compile: bool | str = False, upsampling: str = "gaussian",
                  map_norm: str | None = "border", global_layer: str | None = "auto",
-                 global_weight: float | str = global_score.DEFAULT_WEIGHT, resize: str = "squash",
+                 global_weight: float | str = global_score.DEFAULT_WEIGHT, global_backbone: str | None = "auto",
+                 resize: str = "squash",
                  tile: int | tuple[int, int] | None = None, overlap: float = 0.25):
         super().__init__()
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
         if ops_backend not in ("auto",) + ops.BACKENDS:
             raise ValueError(f"ops_backend must be 'auto' or one of {ops.BACKENDS}, got {ops_backend!r}")
-        if global_layer == "auto":
-            global_layer = global_score.default_layer(backbone)
+        global_backbone, global_layer = global_score.resolve(backbone, global_backbone, global_layer)
         # "auto": fit() chooses it with synthetic defects on held-out normal images (fit.choose_global_weight)
         self.global_weight_request = global_weight
         global_weight = global_score.DEFAULT_WEIGHT if global_weight == "auto" else global_weight
@@ -88,18 +89,37 @@ class Detector(nn.Module):
         image_size = geometry.AUTO_SIDE if image_size == "auto" else image_size
         # every setting validated once, before any network is built
         self.settings = DetectorConfig.from_dict(dict(global_layer=global_layer, global_weight=global_weight,
+            global_backbone=global_backbone,
             backbone=backbone, layers=tuple(layers) if layers else default_layers(backbone), image_size=image_size,
             precision=precision, random_teacher=isinstance(weights, str) and weights == "random", alpha=alpha,
             beta=beta, sigma_factor=sigma_factor, aggregate=aggregate, blur_sigma=blur_sigma, upsampling=upsampling,
             map_norm=map_norm, score_topk=score_topk, resize=resize, tile=tile, overlap=overlap))
         self.layers = self.settings.network.layers
-        teacher_layers, self._map_index, self._global_index = _teacher_layers(backbone, self.layers, global_layer)
+        teacher_layers, self._map_index, self._global_index = _teacher_layers(
+            backbone, self.layers, None if global_backbone else global_layer)
         self.teacher = build_teacher(backbone, teacher_layers, weights=weights, download=download)
+        # the global branch's own teacher (global_backbone), or None: the map's teacher serves it
+        self.global_teacher = None
+        if global_backbone:
+            _teacher_layers(global_backbone, (), global_layer)  # a clear error for a layer it does not have
+            try:
+                self.global_teacher = build_teacher(global_backbone, (global_layer,), download=download,
+                                                    weights="random" if self.settings.network.random_teacher else None)
+            except WeightsNotFoundError as exc:
+                raise WeightsNotFoundError(f"{exc} (this is the global branch's teacher; global_backbone=None uses "
+                                           "the map's teacher instead)") from None
+            self._global_index = 0
         self.student = build_student(backbone, self.layers)
         self.info: dict[str, Any] = {}  # what fit and calibrate measured (n_train, epochs_run, calibration, ...)
         mean, std = normalization(backbone)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+        # a global teacher trained on another input normalisation gets x * scale + shift (identity: skipped)
+        g_mean, g_std = normalization(global_backbone) if global_backbone else (mean, std)
+        self._global_renormalize = (g_mean, g_std) != (mean, std)
+        self.register_buffer("global_in_scale", self.std / torch.tensor(g_std).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("global_in_shift", (self.mean - torch.tensor(g_mean).view(1, 3, 1, 1)) /
+                             torch.tensor(g_std).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("layer_weights", torch.ones(len(self.layers)))
         self.register_buffer("threshold", torch.tensor(float("nan")))
         # per-pixel statistics of normal heatmaps (map_norm="border"); the identity until fit() measures them
@@ -107,7 +127,7 @@ class Detector(nn.Module):
         self.register_buffer("map_mean", torch.zeros(self.network_hw))
         self.register_buffer("map_std", torch.ones(self.network_hw))
         if global_layer:  # the global branch's density and the fusion's standardisation (identity until fit)
-            c = self.teacher.channels[self._global_index]
+            c = (self.global_teacher or self.teacher).channels[self._global_index]
             self.register_buffer("global_mean", torch.zeros(c))
             self.register_buffer("global_precision", torch.eye(c))
             self.register_buffer("score_stats", torch.tensor([0.0, 1.0, 0.0, 1.0]))
@@ -125,8 +145,8 @@ class Detector(nn.Module):
         self.fitted = False
         self.student.eval()
         # channels_last: a CPU training step runs faster in it (docs/defaults.md has the measurement)
-        self.teacher.to(memory_format=torch.channels_last)
-        self.student.to(memory_format=torch.channels_last)
+        for net in self.networks():
+            net.to(memory_format=torch.channels_last)
         self.to(device)
 
     # ---- properties ----------------------------------------------------------------------------------
@@ -286,23 +306,24 @@ class Detector(nn.Module):
     def features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Teacher and student features of normalised images (B, 3, S, S) at the map layers, under the chosen
         precision."""
-        return self._all_features(x)[:2]
+        return self._all_features(x, pooled_global=False)[:2]
 
-    def _all_features(self, x: torch.Tensor):
+    def _all_features(self, x: torch.Tensor, pooled_global: bool = True):
         """(teacher map features, student features, pooled global-layer features or None)."""
         if self.compile_mode and not self.training and not torch.is_grad_enabled():
             if self._compiled is None:
                 mode = None if self.compile_mode is True else self.compile_mode
                 self._compiled = torch.compile(self._features, mode=mode, dynamic=False)
-            return self._compiled(x)
-        return self._features(x)
+            return self._compiled(x, pooled_global=pooled_global)
+        return self._features(x, pooled_global=pooled_global)
 
-    def _features(self, x: torch.Tensor, student: nn.Module | None = None):
-        """student: the network to run in place of self.student (its DDP wrapper while training)."""
+    def _features(self, x: torch.Tensor, student: nn.Module | None = None, pooled_global: bool = True):
+        """student: the network to run in place of self.student (its DDP wrapper while training);
+        pooled_global=False: no global features (None), so a global branch's own teacher does not run."""
         with self._autocast():
             t_all, s = self.teacher(x), (student or self.student)(x)
+            g = None if self._global_index is None or not pooled_global else self._pooled_global(x, t_all)
         t = [t_all[i] for i in self._map_index]
-        g = None if self._global_index is None else global_score.pooled(t_all[self._global_index])
         # under autocast the teacher's float32 standardisation can leave it in float32 while the student is in
         # bfloat16/float16: give both the student's dtype (the distance kernels accumulate in float32 anyway)
         return [a.to(b.dtype) for a, b in zip(t, s)], s, g
@@ -310,7 +331,23 @@ class Detector(nn.Module):
     def global_features(self, x: torch.Tensor) -> torch.Tensor:
         """The global layer's pooled teacher features (B, C) of normalised network inputs: the teacher alone."""
         with self._autocast():
-            return global_score.pooled(self.teacher(x)[self._global_index])
+            return self._pooled_global(x)
+
+    def _pooled_global(self, x: torch.Tensor, teacher_features: Sequence[torch.Tensor] | None = None):
+        """Pooled global-layer features of normalised inputs: from the global branch's own teacher, or from the
+        map teacher's features (computed here unless given)."""
+        if self.global_teacher is None:
+            t_all = self.teacher(x) if teacher_features is None else teacher_features
+            return global_score.pooled(t_all[self._global_index])
+        return global_score.pooled(self.global_teacher(self.global_teacher_input(x))[self._global_index])
+
+    def global_teacher_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised inputs in the global teacher's own input normalisation."""
+        return x * self.global_in_scale + self.global_in_shift if self._global_renormalize else x
+
+    def networks(self) -> list[nn.Module]:
+        """The teacher, the student and the global branch's own teacher if it has one."""
+        return [self.teacher, self.student] + ([self.global_teacher] if self.global_teacher is not None else [])
 
     def _sigmas(self, feats: Sequence[torch.Tensor]) -> list[float]:
         return reference.default_sigmas([tuple(f.shape[-2:]) for f in feats], self.network_hw,
@@ -344,9 +381,14 @@ class Detector(nn.Module):
     def whole_image_features(self, x: torch.Tensor) -> torch.Tensor:
         """The global branch's pooled features of normalised images at input_hw: with tiles, of the whole image
         resized to the tile's size (an image-level view, as without tiles), else of the image itself."""
-        if self._grid is not None:
-            x = tiling.whole_view(x, self.view_rows, self.view_cols).contiguous(memory_format=torch.channels_last)
-        return self.global_features(x)
+        return self.global_features(self.whole_image(x))
+
+    def whole_image(self, x: torch.Tensor) -> torch.Tensor:
+        """What the global branch sees of normalised images at input_hw: with tiles, the whole image resized to
+        the tile's size, else the image itself."""
+        if self._grid is None:
+            return x
+        return tiling.whole_view(x, self.view_rows, self.view_cols).contiguous(memory_format=torch.channels_last)
 
     def global_scores(self, global_features: torch.Tensor) -> torch.Tensor:
         """The global branch's score (Mahalanobis distance) of pooled global-layer features (B, C)."""
@@ -445,7 +487,9 @@ class Detector(nn.Module):
 
     def train(self, mode: bool = True) -> "Detector":
         super().train(mode)
-        self.teacher.eval()  # the teacher is frozen: its BatchNorm statistics never change
+        self.teacher.eval()  # the teachers are frozen: their BatchNorm statistics never change
+        if self.global_teacher is not None:
+            self.global_teacher.eval()
         return self
 
     @torch.no_grad()

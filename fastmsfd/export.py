@@ -35,6 +35,11 @@ class InferenceGraph(nn.Module):
         super().__init__()
         maps, hw = detector.settings.map, detector.network_hw
         self.teacher, self.student = detector.teacher, detector.student
+        self.global_teacher = detector.global_teacher  # None: the global layer is one of the teacher's
+        self.global_renormalize = detector._global_renormalize
+        if self.global_renormalize:
+            for name in ("global_in_scale", "global_in_shift"):
+                self.register_buffer(name, getattr(detector, name).detach().clone())
         self.register_buffer("mean", detector.mean.detach().clone() * 255.0)
         self.register_buffer("std", detector.std.detach().clone() * 255.0)
         with torch.no_grad():
@@ -87,11 +92,16 @@ class InferenceGraph(nn.Module):
             heat = tiling.stitch(heat, self.grid, self.tile_weights)
         score = reference.image_score(heat, self.topk)
         if self.global_index is not None:
-            if self.grid is None:
+            if self.grid is None and self.global_teacher is None:
                 g = global_score.pooled(t_all[self.global_index])
-            else:  # the whole image at the tile's size (Detector.whole_image_features)
-                view = tiling.whole_view(whole, self.view_rows, self.view_cols)
-                g = global_score.pooled(self.teacher(view)[self.global_index])
+            else:  # the whole image (at the tile's size with tiles: Detector.whole_image) through its teacher
+                view = whole if self.grid is None else tiling.whole_view(whole, self.view_rows, self.view_cols)
+                if self.global_teacher is None:
+                    g = global_score.pooled(self.teacher(view)[self.global_index])
+                else:
+                    if self.global_renormalize:
+                        view = view * self.global_in_scale + self.global_in_shift
+                    g = global_score.pooled(self.global_teacher(view)[self.global_index])
             score = global_score.fuse(score, global_score.mahalanobis(g, self.global_mean, self.global_precision),
                                       self.score_stats, self.global_weight)
         return heat, score
@@ -130,8 +140,8 @@ def onnx_bytes(detector, dynamic_batch: bool = True, opset: int = OPSET) -> byte
     dummy = torch.zeros(2, 3, *detector.input_hw, dtype=torch.uint8, device=detector.device)
     buf = io.BytesIO()
     was_cl = _is_channels_last(detector)
-    detector.teacher.to(memory_format=torch.contiguous_format)
-    detector.student.to(memory_format=torch.contiguous_format)
+    for net in detector.networks():
+        net.to(memory_format=torch.contiguous_format)
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer notes about the fixed spatial size (it is fixed: S)
@@ -141,8 +151,8 @@ def onnx_bytes(detector, dynamic_batch: bool = True, opset: int = OPSET) -> byte
                                             "score": {0: "batch"}} if dynamic_batch else None)
     finally:
         if was_cl:
-            detector.teacher.to(memory_format=torch.channels_last)
-            detector.student.to(memory_format=torch.channels_last)
+            for net in detector.networks():
+                net.to(memory_format=torch.channels_last)
     model = onnx.load_from_string(buf.getvalue())
     fold_pads(model)
     for key, value in metadata(detector).items():

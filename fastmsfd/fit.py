@@ -67,10 +67,14 @@ def fit_detector(det, source, epochs: int | None, batch_size: int, lr: float, va
     net_hw = det.network_hw
     det.teacher.fit_statistics(det._prepare(tiling.random_crops(train[i:i + 32], net_hw, crops))
                                for i in range(0, len(train), 32))
+    if det.global_teacher is not None:  # its own feature statistics, of what it sees: whole images
+        det.global_teacher.fit_statistics(det.global_teacher_input(det.whole_image(det._prepare(train[i:i + 32])))
+                                          for i in range(0, len(train), 32))
     det._fitting = True
     try:
         with data_parallel(det.student, device, world) as ddp_student:  # torchrun: DDP + global-batch BatchNorm
-            features = det.features if world == 1 else (lambda x: det._features(x, ddp_student)[:2])
+            features = det.features if world == 1 else \
+                (lambda x: det._features(x, ddp_student, pooled_global=False)[:2])
             det.history = distill(det.teacher, det.student, features, train, val_net,
                                   lambda u8: det._prepare(tiling.random_crops(u8, net_hw, crops)), cfg)
     finally:

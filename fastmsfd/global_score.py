@@ -11,14 +11,38 @@ import warnings
 
 import torch
 
-# chosen on the development parts (docs/quality.md); ResNets have no measurement yet, so no default branch
-DEFAULT_LAYERS = {"efficientnet_lite0": "stage7", "efficientnet_lite1": "stage7", "efficientnet_lite2": "stage7"}
+# chosen on the development parts (docs/quality.md). The branch's teacher may be a larger network than the map's:
+# it runs once per image, to one pooled layer. ResNets have no measurement yet, so no default branch.
+DEFAULT_BACKBONES = {"efficientnet_lite0": "efficientnet_lite2", "efficientnet_lite1": "efficientnet_lite2",
+                     "efficientnet_lite2": "efficientnet_lite2"}
+DEFAULT_LAYERS = {"efficientnet_lite0": "stage7", "efficientnet_lite1": "stage7", "efficientnet_lite2": "stage6"}
 DEFAULT_WEIGHT = 0.4
 
 
 def default_layer(backbone: str) -> str | None:
-    """The backbone's global layer for global_layer="auto" (None: the branch stays off)."""
+    """The global layer for global_layer="auto" of a global-branch teacher (None: the branch stays off)."""
     return DEFAULT_LAYERS.get(backbone)
+
+
+def resolve(backbone: str, global_backbone: str | None, global_layer: str | None) -> tuple[str | None, str | None]:
+    """(global_backbone, global_layer) with "auto" resolved for a detector whose map runs on `backbone`.
+    global_backbone None: the map's own teacher; "auto": DEFAULT_BACKBONES (the map's teacher where it has no
+    entry). global_layer "auto": the default layer of the branch's teacher; None: no global branch."""
+    from .backbones import layer_order
+
+    named = global_backbone not in ("auto", None)
+    if named:
+        layer_order(global_backbone)  # an unknown name is refused, naming the choices
+    if global_backbone == "auto":
+        global_backbone = DEFAULT_BACKBONES.get(backbone, backbone)
+    if global_backbone == backbone:
+        global_backbone = None
+    if global_layer == "auto":
+        global_layer = default_layer(global_backbone or backbone)
+        if global_layer is None and named:
+            raise ValueError(f"global_backbone {global_backbone!r} has no default global layer: name one with "
+                             f"global_layer= (its layers: {', '.join(layer_order(global_backbone))})")
+    return (global_backbone if global_layer else None), global_layer
 
 
 def pooled(features: torch.Tensor) -> torch.Tensor:

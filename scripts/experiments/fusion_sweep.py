@@ -68,6 +68,7 @@ def main() -> None:
     ap.add_argument("categories", nargs="+")
     ap.add_argument("--layer-sets", default="stage2,stage3,stage4;stage4,stage5,stage6")
     ap.add_argument("--global-layer", default="stage6")
+    ap.add_argument("--backbone", default="efficientnet_lite0")
     ap.add_argument("--image-size", default="256", help="one number, or HEIGHTxWIDTH")
     ap.add_argument("--tile", default=None, help="tile size: one number, or HEIGHTxWIDTH (default: no tiles)")
     ap.add_argument("--overlap", type=float, default=0.25)
@@ -83,7 +84,8 @@ def main() -> None:
     from fastmsfd.cli import _image_size
 
     image_size, tile = _image_size(args.image_size), args.tile and _image_size(args.tile)
-    geometry = f"{args.image_size}-{args.resize}" + (f"-tile{args.tile}-{args.overlap}" if tile else "")
+    geometry = f"{args.backbone.replace('efficientnet_', '')}-{args.image_size}-{args.resize}" + \
+        (f"-tile{args.tile}-{args.overlap}" if tile else "")
     results = {}
     for folder in args.categories:
         cat = mvtec_category(folder)
@@ -95,7 +97,8 @@ def main() -> None:
             info_path = model.with_suffix(".json")
             if not model.is_file():
                 t0 = time.perf_counter()
-                det = Detector(layers=layers, image_size=image_size, global_layer=args.global_layer,
+                det = Detector(backbone=args.backbone, layers=layers, image_size=image_size,
+                               global_layer=args.global_layer,
                                global_weight="auto", tile=tile, overlap=args.overlap, resize=args.resize)
                 det.fit(cat.root, progress=False)
                 fit_s = time.perf_counter() - t0

@@ -1,5 +1,6 @@
 """Inference cost of the deeper defaults: the previous detector (map layers stage2-4, no global branch) beside
-stage2-4 + the global branch and the current defaults (stage4-6 + global stage7), for each runtime, paired and
+stage2-4 + the global branch on the map's teacher, stage4-6 likewise, and the current defaults (stage4-6 + the
+global branch on its own Lite2 teacher's stage6), for each runtime, paired and
 interleaved in one run (uint8 batch of 8 at 256 px, random weights: speed does not depend on them).
 
     .venv/bin/python scripts/experiments/global_cost.py [--reps 9]
@@ -14,8 +15,11 @@ import warnings
 import torch
 
 CONFIGS = {"stage2-4, no global (previous)": dict(layers=("stage2", "stage3", "stage4"), global_layer=None),
-           "stage2-4 + global stage7": dict(layers=("stage2", "stage3", "stage4"), global_layer="stage7"),
-           "stage4-6 + global stage7 (default)": dict(layers=("stage4", "stage5", "stage6"), global_layer="stage7")}
+           "stage2-4 + global stage7": dict(layers=("stage2", "stage3", "stage4"), global_layer="stage7",
+                                            global_backbone=None),
+           "stage4-6 + global stage7": dict(layers=("stage4", "stage5", "stage6"), global_layer="stage7",
+                                            global_backbone=None),
+           "stage4-6 + Lite2 global stage6 (default)": dict(layers=("stage4", "stage5", "stage6"))}
 
 
 def main() -> None:

@@ -20,13 +20,15 @@ def main() -> None:
     ap.add_argument("categories", nargs="+")
     ap.add_argument("--backbone", default="efficientnet_lite0")
     ap.add_argument("--layers", default="stage4,stage5,stage6,stage7")
-    ap.add_argument("--image-size", type=int, default=256)
+    ap.add_argument("--image-size", default="256", help="N, HEIGHTxWIDTH, or auto (the detector's rule)")
+    ap.add_argument("--auto-side", type=int, default=256, help="image-size auto: a square's side (its area)")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     from fastmsfd import metrics
     from fastmsfd.backbones import build_teacher, normalization
     from fastmsfd.data import load_resized
     from fastmsfd.datasets import dev_final_split, mvtec_category
+    from fastmsfd.geometry import auto_image_size
     from fastmsfd.global_score import fit_density, mahalanobis, pooled
 
     layers = args.layers.split(",")
@@ -46,16 +48,26 @@ def main() -> None:
     for folder in args.categories:
         cat = mvtec_category(folder)
         dev, _ = dev_final_split(cat)
-        train = feats(load_resized(cat.train, args.image_size))
-        test = feats(load_resized([s.path for s in dev.test], args.image_size))
+        size = image_size(args, cat.train, auto_image_size)
+        train = feats(load_resized(cat.train, size))
+        test = feats(load_resized([s.path for s in dev.test], size))
         labels = np.array([s.label for s in dev.test])
         aurocs = []
         for tr, te in zip(train, test):
             m, s = tr.mean(0), tr.std(0).clamp_min(1e-3)  # per-channel standardisation, as the teacher does
             mu, prec = fit_density((tr - m) / s)
             aurocs.append(metrics.auroc(labels, mahalanobis((te - m) / s, mu, prec).numpy()))
-        print(f"| {cat.root.parent.name}/{cat.name} (dev, {len(labels)} images) | " +
+        print(f"| {cat.root.parent.name}/{cat.name} (dev, {len(labels)} images, {size[0]}x{size[1]}) | " +
               " | ".join(f"{a:.4f}" for a in aurocs) + " |", flush=True)
+
+
+def image_size(args, train_paths, auto_image_size) -> tuple[int, int]:
+    from fastmsfd.data import image_size_of
+
+    if args.image_size == "auto":
+        return auto_image_size([image_size_of(p) for p in train_paths], 32, args.auto_side ** 2)
+    h, _, w = args.image_size.partition("x")
+    return int(h), int(w or h)
 
 
 if __name__ == "__main__":
