@@ -16,7 +16,7 @@ import torch
 DEFAULT_BACKBONES = {"efficientnet_lite0": "efficientnet_lite2", "efficientnet_lite1": "efficientnet_lite2",
                      "efficientnet_lite2": "efficientnet_lite2"}
 DEFAULT_LAYERS = {"efficientnet_lite0": "stage7", "efficientnet_lite1": "stage7", "efficientnet_lite2": "stage6"}
-DEFAULT_WEIGHT = 0.4
+DEFAULT_WEIGHT = 0.6
 
 
 def default_layer(backbone: str) -> str | None:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 WEIGHTS = [round(0.1 * i, 1) for i in range(11)]
-DEFAULT_WEIGHT = 0.4  # fastmsfd.global_score.DEFAULT_WEIGHT when this sweep chose it
+DEFAULT_WEIGHT = 0.6  # fastmsfd.global_score.DEFAULT_WEIGHT when this sweep chose it
 
 
 def score_category(det, samples, batch: int = 16):
@@ -69,6 +69,7 @@ def main() -> None:
     ap.add_argument("--layer-sets", default="stage2,stage3,stage4;stage4,stage5,stage6")
     ap.add_argument("--global-layer", default="stage6")
     ap.add_argument("--backbone", default="efficientnet_lite0")
+    ap.add_argument("--global-backbone", default="auto", help="the global branch's teacher; none: the map's")
     ap.add_argument("--image-size", default="256", help="one number, or HEIGHTxWIDTH")
     ap.add_argument("--tile", default=None, help="tile size: one number, or HEIGHTxWIDTH (default: no tiles)")
     ap.add_argument("--overlap", type=float, default=0.25)
@@ -84,7 +85,9 @@ def main() -> None:
     from fastmsfd.cli import _image_size
 
     image_size, tile = _image_size(args.image_size), args.tile and _image_size(args.tile)
-    geometry = f"{args.backbone.replace('efficientnet_', '')}-{args.image_size}-{args.resize}" + \
+    global_backbone = None if args.global_backbone == "none" else args.global_backbone
+    short = {name: name.replace("efficientnet_", "") for name in (args.backbone, args.global_backbone)}
+    geometry = f"{short[args.backbone]}-g{short[args.global_backbone]}-{args.image_size}-{args.resize}" + \
         (f"-tile{args.tile}-{args.overlap}" if tile else "")
     results = {}
     for folder in args.categories:
@@ -98,7 +101,7 @@ def main() -> None:
             if not model.is_file():
                 t0 = time.perf_counter()
                 det = Detector(backbone=args.backbone, layers=layers, image_size=image_size,
-                               global_layer=args.global_layer,
+                               global_layer=args.global_layer, global_backbone=global_backbone,
                                global_weight="auto", tile=tile, overlap=args.overlap, resize=args.resize)
                 det.fit(cat.root, progress=False)
                 fit_s = time.perf_counter() - t0
