@@ -3,6 +3,7 @@ layer weights, the border statistics and the threshold on normal images only."""
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -16,6 +17,7 @@ from .errors import DataError
 from .ops import reference
 from .train import TrainConfig, auto_epochs, distill
 
+MIN_HELD_OUT_FOR_SCALES = 3  # held-out images that measure the fused scores' mean and std; fewer: all images
 MAP_NORM_MAX_IMAGES = 256  # normal images whose heatmaps give the border statistics (an even subsample beyond)
 
 
@@ -84,7 +86,7 @@ def fit_detector(det, source, epochs: int | None, batch_size: int, lr: float, va
     if maps.map_norm:
         set_border_statistics(det, train if det.grid is None else tiling.random_crops(train, net_hw, crops))
     if det.settings.score.global_layer:
-        set_global_statistics(det, train, val)
+        set_global_statistics(det, train, _scale_images(train, val, n_val))
         if det.global_weight_request == "auto":
             choose_global_weight(det, val, seed)
     det.fitted = True
@@ -164,6 +166,17 @@ def set_border_statistics(det, images_u8: torch.Tensor) -> None:
     mean, std = calibration.border_statistics(heat)
     det.map_mean.copy_(mean)
     det.map_std.copy_(std)
+
+
+def _scale_images(train: torch.Tensor, val: torch.Tensor, n_val: int) -> torch.Tensor:
+    """The normal images whose scores set the fusion's scales: the held-out ones, or all of them (with a
+    warning) when too few are held out to have a spread (one image's std would blow the fused scores up)."""
+    if n_val == 0 or n_val >= MIN_HELD_OUT_FOR_SCALES:  # n_val 0: every image is already both
+        return val
+    warnings.warn(f"the global branch: {n_val} held-out normal image(s) cannot measure the spread of the scores it "
+                  f"fuses; using all {n_val + len(train)} normal images (the training ones score a little low). "
+                  "About 30 or more normal images (10% held out) would avoid this.", stacklevel=4)
+    return torch.cat([val, train])
 
 
 @torch.no_grad()

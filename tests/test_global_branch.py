@@ -198,3 +198,15 @@ def test_synthetic_anomalies_change_only_a_defect_region():
     for i in range(6):
         changed = (bad[i].int() - imgs[i // 2].int()).abs().amax(0) > 2
         assert 0 < changed.float().mean() < 0.5  # a defect, not a different image
+
+
+def test_one_held_out_image_does_not_blow_up_the_fused_scores():
+    """8 normal images hold out 1: its scores have no spread, so the scales come from all 8, with a warning."""
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match=r"1 held-out normal image\(s\).*all 8 normal images"):
+        det = Detector(image_size=SIZE, runtime="torch").fit(brick_crops(8, seed=3), epochs=1, progress=False)
+    assert det.info["n_val"] == 1
+    m0, m1, g0, g1 = det.score_stats.tolist()
+    assert m1 > 1e-3 and g1 > 1e-3  # a real spread, not the 1e-6 floor of a single image
+    scores = det.predict(brick_crops(4, seed=9) + [defective_crop()]).scores
+    assert scores.abs().max() < 1e3
