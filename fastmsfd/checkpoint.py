@@ -154,7 +154,7 @@ def load_detector(cls, path: str | os.PathLike, **runtime_kwargs):
         try:
             module.load_state_dict(state, strict=True)
         except RuntimeError as exc:
-            backbone = (config["global_backbone"], [config["global_layer"]]) if name == "global_teacher" else \
+            backbone = (config["global_backbone"], config["global_layer"]) if name == "global_teacher" else \
                 (config["backbone"], config["layers"])
             raise CheckpointError(f"{path}: {name} weights do not match backbone "
                                   f"{backbone[0]} {backbone[1]} ({str(exc)[:200]})") from None

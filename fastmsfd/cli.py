@@ -55,7 +55,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     _add_map_norm_arg(p)
     p.add_argument("--global-layer", default=GLOBAL_LAYER_DEFAULT,
                    help="the global branch's teacher layer (pooled features, Gaussian density, fused with the map "
-                        "score): auto (the backbone's default), a layer name, or none (default: %(default)s)")
+                        "score): auto (the backbone's default), a layer name or several (stage5,stage6: pooled "
+                        "side by side), or none (default: %(default)s)")
     p.add_argument("--global-backbone", default="auto",
                    help="the global branch's own teacher: auto (a larger EfficientNet-Lite for EfficientNet-Lite "
                         "maps), a backbone name, or none (the map's teacher) (default: %(default)s)")

@@ -29,16 +29,17 @@ PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": t
               "auto": None}  # auto: chosen per machine (runtimes.choose)
 
 
-def _teacher_layers(backbone: str, layers: Sequence[str], global_layer: str | None):
-    """(the teacher's layers from shallow to deep, the map layers' indices in them, the global layer's index)."""
+def _teacher_layers(backbone: str, layers: Sequence[str], global_layers: Sequence[str] = ()):
+    """(the teacher's layers from shallow to deep, the map layers' indices in them, the global layers' indices or
+    None)."""
     order = layer_order(backbone)
-    for name in tuple(layers) + ((global_layer,) if global_layer else ()):
+    for name in tuple(layers) + tuple(global_layers):
         if name not in order:
             raise ValueError(f"{backbone} has no layer {name!r} (layers: {', '.join(order)})")
-    wanted = sorted(set(layers) | ({global_layer} if global_layer else set()), key=order.index)
+    wanted = sorted(set(layers) | set(global_layers), key=order.index)
     # the networks return their layers from shallow to deep, whatever order they were named in
     return (tuple(wanted), [wanted.index(name) for name in sorted(layers, key=order.index)],
-            wanted.index(global_layer) if global_layer else None)
+            [wanted.index(name) for name in sorted(global_layers, key=order.index)] or None)
 
 
 class Detector(nn.Module):
@@ -101,20 +102,20 @@ class Detector(nn.Module):
             beta=beta, sigma_factor=sigma_factor, aggregate=aggregate, blur_sigma=blur_sigma, upsampling=upsampling,
             map_norm=map_norm, score_topk=score_topk, resize=resize, tile=tile, overlap=overlap))
         self.layers = self.settings.network.layers
+        global_layers = global_score.layer_names(global_layer)
         teacher_layers, self._map_index, self._global_index = _teacher_layers(
-            backbone, self.layers, None if global_backbone else global_layer)
+            backbone, self.layers, () if global_backbone else global_layers)
         self.teacher = build_teacher(backbone, teacher_layers, weights=weights, download=download)
         # the global branch's own teacher (global_backbone), or None: the map's teacher serves it
         self.global_teacher = None
         if global_backbone:
-            _teacher_layers(global_backbone, (), global_layer)  # a clear error for a layer it does not have
+            g_layers, _, self._global_index = _teacher_layers(global_backbone, (), global_layers)
             try:
-                self.global_teacher = build_teacher(global_backbone, (global_layer,), download=download,
+                self.global_teacher = build_teacher(global_backbone, g_layers, download=download,
                                                     weights="random" if self.settings.network.random_teacher else None)
             except WeightsNotFoundError as exc:
                 raise WeightsNotFoundError(f"{exc} (this is the global branch's teacher; global_backbone=None uses "
                                            "the map's teacher instead)") from None
-            self._global_index = 0
         self.student = build_student(backbone, self.layers)
         self.info: dict[str, Any] = {}  # what fit and calibrate measured (n_train, epochs_run, calibration, ...)
         mean, std = normalization(backbone)
@@ -133,7 +134,7 @@ class Detector(nn.Module):
         self.register_buffer("map_mean", torch.zeros(self.network_hw))
         self.register_buffer("map_std", torch.ones(self.network_hw))
         if global_layer:  # the global branch's density and the fusion's standardisation (identity until fit)
-            c = (self.global_teacher or self.teacher).channels[self._global_index]
+            c = sum((self.global_teacher or self.teacher).channels[i] for i in self._global_index)
             self.register_buffer("global_mean", torch.zeros(c))
             self.register_buffer("global_precision", torch.eye(c))
             self.register_buffer("score_stats", torch.tensor([0.0, 1.0, 0.0, 1.0]))
@@ -344,8 +345,9 @@ class Detector(nn.Module):
         map teacher's features (computed here unless given)."""
         if self.global_teacher is None:
             t_all = self.teacher(x) if teacher_features is None else teacher_features
-            return global_score.pooled(t_all[self._global_index])
-        return global_score.pooled(self.global_teacher(self.global_teacher_input(x))[self._global_index])
+        else:
+            t_all = self.global_teacher(self.global_teacher_input(x))
+        return global_score.pooled_layers(t_all, self._global_index)
 
     def global_teacher_input(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised inputs in the global teacher's own input normalisation."""

@@ -37,6 +37,8 @@ def resolve(backbone: str, global_backbone: str | None, global_layer: str | None
         global_backbone = DEFAULT_BACKBONES.get(backbone, backbone)
     if global_backbone == backbone:
         global_backbone = None
+    if global_layer is not None and not isinstance(global_layer, str):  # a list of layers: one setting string
+        global_layer = ",".join(global_layer)
     if global_layer == "auto":
         global_layer = default_layer(global_backbone or backbone)
         if global_layer is None and named:
@@ -48,6 +50,19 @@ def resolve(backbone: str, global_backbone: str | None, global_layer: str | None
 def pooled(features: torch.Tensor) -> torch.Tensor:
     """(B, C, h, w) -> (B, C) float32 global average."""
     return features.float().mean(dim=(2, 3))
+
+
+def pooled_layers(features, indices) -> torch.Tensor:
+    """The global averages of features[i] for i in indices, side by side: (B, sum of their channels)."""
+    return torch.cat([pooled(features[i]) for i in indices], dim=1)
+
+
+def layer_names(global_layer) -> tuple[str, ...]:
+    """A global_layer setting ("stage6", "stage5,stage6", a list, or None) as a tuple of layer names."""
+    if not global_layer:
+        return ()
+    names = global_layer.split(",") if isinstance(global_layer, str) else list(global_layer)
+    return tuple(n.strip() for n in names)
 
 
 def ledoit_wolf(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:

@@ -155,6 +155,25 @@ def test_a_global_teacher_of_another_normalisation_sees_its_own_inputs():
     torch.testing.assert_close(g_score, score, rtol=1e-4, atol=1e-4 * score.abs().max().item())
 
 
+@pytest.mark.parametrize("global_backbone", ["efficientnet_lite2", None])
+def test_several_global_layers_are_pooled_side_by_side(global_backbone):
+    """global_layer="stage5,stage6" (or a list): one Gaussian over both layers' pooled features, concatenated."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        det = Detector(image_size=SIZE, runtime="torch", weights="random", global_backbone=global_backbone,
+                       global_layer=["stage6", "stage5"]).eval()
+    assert det.settings.score.global_layer == "stage6,stage5"
+    net = det.global_teacher or det.teacher
+    layers = list(net.layers)
+    x = det._prepare((torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1)) * 255).byte())
+    with torch.no_grad():
+        feats = dict(zip(layers, net(x)))
+        want = torch.cat([feats["stage5"].mean(dim=(2, 3)), feats["stage6"].mean(dim=(2, 3))], dim=1)
+        torch.testing.assert_close(det.global_features(x), want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(det._all_features(x)[2], want, rtol=1e-5, atol=1e-5)
+    assert det.global_mean.shape == (want.shape[1],) and det.global_precision.shape == (want.shape[1],) * 2
+
+
 def test_files_whose_branch_used_the_map_teacher_load_as_before(tmp_path):
     """Files written before global_backbone existed pooled the map teacher's layer: they keep doing so."""
     from fastmsfd.checkpoint import load_checkpoint, save_checkpoint
