@@ -61,8 +61,10 @@ def layer_names(global_layer) -> tuple[str, ...]:
     """A global_layer setting ("stage6", "stage5,stage6", a list, or None) as a tuple of layer names."""
     if not global_layer:
         return ()
-    names = global_layer.split(",") if isinstance(global_layer, str) else list(global_layer)
-    return tuple(n.strip() for n in names)
+    names = tuple(n.strip() for n in (global_layer.split(",") if isinstance(global_layer, str) else global_layer))
+    if len(set(names)) != len(names):
+        raise ValueError(f"global_layer names a layer twice: {global_layer!r}")
+    return names
 
 
 def ledoit_wolf(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:

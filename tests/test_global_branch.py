@@ -202,6 +202,8 @@ def test_bad_global_settings_are_refused_by_name():
         Detector(image_size=SIZE, global_layer="layer3", weights="random")
     with pytest.raises(ValueError, match="unknown backbone 'efficientnet_b9'"):
         Detector(image_size=SIZE, global_backbone="efficientnet_b9", weights="random")
+    with pytest.raises(ValueError, match="names a layer twice"):
+        Detector(image_size=SIZE, global_layer="stage6,stage6", weights="random")
     with pytest.raises(ValueError, match="'resnet34' has no default global layer.*layer4"):
         Detector(image_size=SIZE, global_backbone="resnet34", weights="random")
     with pytest.raises(ValueError, match="global_weight"):
