@@ -15,7 +15,7 @@ import torch
 # it runs once per image, to one pooled layer. ResNets have no measurement yet, so no default branch.
 DEFAULT_BACKBONES = {"efficientnet_lite0": "efficientnet_lite2", "efficientnet_lite1": "efficientnet_lite2",
                      "efficientnet_lite2": "efficientnet_lite2"}
-DEFAULT_LAYERS = {"efficientnet_lite0": "stage7", "efficientnet_lite1": "stage7", "efficientnet_lite2": "stage6"}
+DEFAULT_LAYERS = {"efficientnet_lite0": "stage7", "efficientnet_lite1": "stage7", "efficientnet_lite2": "stage5,stage6"}
 DEFAULT_WEIGHT = 0.6
 
 

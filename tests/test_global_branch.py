@@ -66,7 +66,7 @@ def test_fused_score_is_the_weighted_sum_of_standardised_scores(fitted):
     m0, m1, g0, g1 = fitted.score_stats.tolist()
     w = fitted.settings.score.global_weight
     torch.testing.assert_close(fused, (1 - w) * (map_score - m0) / m1 + w * (glob - g0) / g1, rtol=1e-5, atol=1e-5)
-    assert fitted.settings.score.global_layer == "stage6" and 0 <= w <= 1
+    assert fitted.settings.score.global_layer == "stage5,stage6" and 0 <= w <= 1
     assert fitted.settings.score.global_backbone == "efficientnet_lite2"
     choice = fitted.info["global_weight_choice"]
     assert choice["weight"] == w and len(choice["synthetic_auroc"]) == 11 and choice["n_synthetic"] > 0
@@ -106,15 +106,15 @@ def test_files_without_the_global_branch_load_and_score_the_map_alone(tmp_path):
 
 
 def test_the_branch_runs_on_its_own_teacher_and_only_where_needed(fitted):
-    """The default branch: EfficientNet-Lite2's pooled stage6, standardised by its own statistics; the map's
-    features (training, tiles) never run it."""
+    """The default branch: EfficientNet-Lite2's pooled stage5 and stage6, standardised by its own statistics; the
+    map's features (training, tiles) never run it."""
     from fastmsfd.backbones import build_teacher
 
     x = fitted._prepare(torch.stack([torch.from_numpy(a).permute(2, 0, 1) for a in brick_crops(3, seed=6)]))
-    ref = build_teacher("efficientnet_lite2", ["stage6"])  # the packaged weights, built afresh
+    ref = build_teacher("efficientnet_lite2", ["stage5", "stage6"])  # the packaged weights, built afresh
     ref.load_state_dict(fitted.global_teacher.state_dict())  # ... with the statistics fit measured
     with torch.no_grad():
-        want = ref(x)[0].float().mean(dim=(2, 3))
+        want = torch.cat([f.float().mean(dim=(2, 3)) for f in ref(x)], dim=1)
         torch.testing.assert_close(fitted._all_features(x)[2], want, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(fitted.global_features(x), want, rtol=1e-5, atol=1e-5)
     g = fitted.global_teacher
