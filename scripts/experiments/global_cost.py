@@ -19,7 +19,7 @@ CONFIGS = {"stage2-4, no global (previous)": dict(layers=("stage2", "stage3", "s
                                             global_backbone=None),
            "stage4-6 + global stage7": dict(layers=("stage4", "stage5", "stage6"), global_layer="stage7",
                                             global_backbone=None),
-           "stage4-6 + Lite2 global stage6 (default)": dict(layers=("stage4", "stage5", "stage6"))}
+           "stage4-6 + Lite2 global stage6": dict(layers=("stage4", "stage5", "stage6"), global_layer="stage6")}
 
 
 def main() -> None:
