@@ -63,8 +63,8 @@ class Detector(nn.Module):
     Image score (docs/quality.md): the heatmap's score fused with a global branch, a Gaussian density of one
     pooled teacher layer (global_layer; None: the map's score alone), weighted by global_weight after both are
     standardised on held-out normal images. global_backbone="auto" gives the branch a teacher of its own
-    (EfficientNet-Lite2's stage5 and stage6 for Lite maps: better image scores, one more network per image); None pools the
-    map teacher's layer (stage7), faster.
+    (EfficientNet-Lite2's stage5 and stage6 for Lite maps: better image scores, one more network per image);
+    None pools the map teacher's layer (stage7), faster.
 
     A frozen ImageNet teacher and a same-architecture student; where their features disagree, the input is
     anomalous. Fit on defect-free images only.
