@@ -1,6 +1,6 @@
 """The global branch: image-level evidence from the teacher's deep features, fused with the map's score.
 
-A Gaussian density of globally average-pooled teacher features at one deep layer, fitted on normal images
+A Gaussian density of globally average-pooled teacher features at deep layers (side by side), fitted on normal images
 (Ledoit-Wolf shrunk covariance); an image's global score is its Mahalanobis distance to that density. The
 image score is then a weighted sum of the map score and the global score, each standardised (mean, std) on
 held-out normal images so neither dominates by scale. The heatmap stays MSFD's.
@@ -12,7 +12,7 @@ import warnings
 import torch
 
 # chosen on the development parts (docs/quality.md). The branch's teacher may be a larger network than the map's:
-# it runs once per image, to one pooled layer. ResNets have no measurement yet, so no default branch.
+# it runs once per image, to its pooled layers. ResNets have no measurement yet, so no default branch.
 DEFAULT_BACKBONES = {"efficientnet_lite0": "efficientnet_lite2", "efficientnet_lite1": "efficientnet_lite2",
                      "efficientnet_lite2": "efficientnet_lite2"}
 DEFAULT_LAYERS = {"efficientnet_lite0": "stage7", "efficientnet_lite1": "stage7", "efficientnet_lite2": "stage5,stage6"}
