@@ -96,12 +96,10 @@ class InferenceGraph(nn.Module):
                 g = global_score.pooled_layers(t_all, self.global_index)
             else:  # the whole image (at the tile's size with tiles: Detector.whole_image) through its teacher
                 view = whole if self.grid is None else tiling.whole_view(whole, self.view_rows, self.view_cols)
-                if self.global_teacher is None:
-                    g = global_score.pooled_layers(self.teacher(view), self.global_index)
-                else:
-                    if self.global_renormalize:
-                        view = view * self.global_in_scale + self.global_in_shift
-                    g = global_score.pooled_layers(self.global_teacher(view), self.global_index)
+                if self.global_renormalize:  # only a global teacher of its own has another normalisation
+                    view = view * self.global_in_scale + self.global_in_shift
+                net = self.teacher if self.global_teacher is None else self.global_teacher
+                g = global_score.pooled_layers(net(view), self.global_index)
             score = global_score.fuse(score, global_score.mahalanobis(g, self.global_mean, self.global_precision),
                                       self.score_stats, self.global_weight)
         return heat, score
