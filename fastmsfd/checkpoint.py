@@ -141,6 +141,7 @@ def load_detector(cls, path: str | os.PathLike, **runtime_kwargs):
                       upsampling=config.get("upsampling", "gaussian"), map_norm=config.get("map_norm"),
                       global_layer=config.get("global_layer"), global_backbone=config.get("global_backbone"),
                       global_weight=config.get("global_weight", DEFAULT_WEIGHT),
+                      global_image_size=config.get("global_image_size"),
                       resize=config.get("resize", "squash"), tile=config.get("tile"),
                       overlap=config.get("overlap", 0.25),
                       **runtime_kwargs)

@@ -60,6 +60,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--global-backbone", default="auto",
                    help="the global branch's own teacher: auto (a larger EfficientNet-Lite for EfficientNet-Lite "
                         "maps), a backbone name, or none (the map's teacher) (default: %(default)s)")
+    p.add_argument("--global-image-size", type=_global_image_size, default=None,
+                   help="what the global branch sees: the whole image at about N x N pixels in the input's aspect "
+                        "(one number), at HEIGHTxWIDTH, or none: at the networks' input, the tile's size with tiles "
+                        "(default: none)")
     p.add_argument("--global-weight", default=GLOBAL_WEIGHT_DEFAULT,
                    help="the global score's share of the image score in [0, 1], or auto: chosen at fit time with "
                         "synthetic defects on held-out normal images (default: %(default)s)")
@@ -78,6 +82,15 @@ def _image_size(value: str):
     if len(sides) not in (1, 2):
         raise argparse.ArgumentTypeError(f"{value!r}: give one number or HEIGHTxWIDTH, e.g. 256 or 512x192")
     return sides[0] if len(sides) == 1 else tuple(sides)
+
+
+def _global_image_size(value: str):
+    """none -> None, else one number or HEIGHTxWIDTH as --image-size."""
+    if value.lower() == "none":
+        return None
+    if value.lower() == "auto":
+        raise argparse.ArgumentTypeError("'auto': give none, one number or HEIGHTxWIDTH, e.g. 160 or 192x128")
+    return _image_size(value)
 
 
 def _global_weight(value: str):
@@ -112,7 +125,7 @@ def _build_detector(args):
                     map_norm=_choice_or_none(args.map_norm), global_layer=_choice_or_none(args.global_layer),
                     global_weight=_global_weight(args.global_weight), resize=args.resize, tile=args.tile,
                     global_backbone=_choice_or_none(args.global_backbone),
-                    overlap=args.overlap)
+                    global_image_size=args.global_image_size, overlap=args.overlap)
 
 
 def _load_detector(path, args):

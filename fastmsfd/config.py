@@ -4,8 +4,8 @@
     network   backbone, layers, image_size, resize, tile, overlap, precision (what the networks are, what they
               see and how they compute)
     map       alpha, beta, sigma_factor, aggregate, blur_sigma, upsampling, map_norm (heatmap from features)
-    score     score_topk, global_layer, global_backbone, global_weight (image score: the heatmap's, fused with
-              the global branch's)
+    score     score_topk, global_layer, global_backbone, global_image_size, global_weight (image score: the
+              heatmap's, fused with the global branch's)
 """
 from __future__ import annotations
 
@@ -96,6 +96,9 @@ class ScoreConfig:
     score_topk: float | None = 0.01  # the mean of the top 1% of the heatmap; None: its maximum
     global_layer: str | None = None  # the global branch's teacher layer (global_score.py); None: map score only
     global_backbone: str | None = None  # the global branch's own teacher; None: the map's teacher
+    # what the branch sees: the whole image at about this side squared (the input's aspect), or (height, width);
+    # None: at the networks' input (the tile's size with tiles)
+    global_image_size: int | tuple[int, int] | None = None
     global_weight: float = DEFAULT_WEIGHT  # the global score's share of the fused image score (docs/quality.md)
 
     def __post_init__(self):
@@ -104,6 +107,14 @@ class ScoreConfig:
             raise ValueError(f"score_topk is a fraction of the heatmap in (0, 1] or None, got {self.score_topk!r}")
         if not (isinstance(self.global_weight, (int, float)) and 0 <= self.global_weight <= 1):
             raise ValueError(f"global_weight must be in [0, 1], got {self.global_weight!r}")
+        size = self.global_image_size
+        if size is not None:  # an int stays a side (the input's aspect), a square (h, h) stays exact
+            sides = size if isinstance(size, (list, tuple)) else (size,)
+            if not (len(sides) in (1, 2) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 32
+                                                 for v in sides)):
+                raise ValueError(f"global_image_size must be None, an int >= 32 or (height, width) of ints >= 32, "
+                                 f"got {size!r}")
+            object.__setattr__(self, "global_image_size", tuple(size) if isinstance(size, (list, tuple)) else size)
 
 
 @dataclass(frozen=True)
@@ -118,7 +129,7 @@ class DetectorConfig:
         for part in (self.network, self.map, self.score):
             out.update(dataclasses.asdict(part))
         out["layers"] = list(self.network.layers)
-        for key in ("image_size", "tile"):
+        for key in ("image_size", "tile", "global_image_size"):
             if isinstance(out[key], tuple):
                 out[key] = list(out[key])
         return out

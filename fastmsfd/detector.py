@@ -57,8 +57,9 @@ class Detector(nn.Module):
     KolektorSDD's 500x1260 416x160, chosen on development parts, docs/quality.md). resize="squash" stretches,
     "keep_aspect" letterboxes with repeated edge pixels. tile (an int or (H, W)) runs the networks on tiles of
     the resized image overlapping by at least `overlap` of a tile, each standardised and then stitched into one
-    heatmap (fastmsfd/tiling.py); the global branch sees the whole image resized to the tile's size. Sizes are
-    rounded to the map layers' stride at fit time.
+    heatmap (fastmsfd/tiling.py). The global branch sees the whole image at global_image_size (an int: about
+    that side squared in the input's aspect; (H, W); None: at the networks' input, the tile's size with tiles).
+    Sizes are rounded to the layers' stride.
 
     Image score (docs/quality.md): the heatmap's score fused with a global branch, a Gaussian density of one
     pooled teacher layer (global_layer; None: the map's score alone), weighted by global_weight after both are
@@ -79,7 +80,7 @@ class Detector(nn.Module):
                  ops_backend: str = "auto", compile: bool | str = False, upsampling: str = "gaussian",
                  map_norm: str | None = "border", global_layer: str | None = "auto",
                  global_weight: float | str = global_score.DEFAULT_WEIGHT, global_backbone: str | None = "auto",
-                 resize: str = "squash",
+                 global_image_size: int | tuple[int, int] | None = None, resize: str = "squash",
                  tile: int | tuple[int, int] | None = None, overlap: float = 0.25):
         super().__init__()
         if runtime not in RUNTIMES:
@@ -96,7 +97,7 @@ class Detector(nn.Module):
         image_size = geometry.AUTO_SIDE if image_size == "auto" else image_size
         # every setting validated once, before any network is built
         self.settings = DetectorConfig.from_dict(dict(global_layer=global_layer, global_weight=global_weight,
-            global_backbone=global_backbone,
+            global_backbone=global_backbone, global_image_size=global_image_size,
             backbone=backbone, layers=tuple(layers) if layers else default_layers(backbone), image_size=image_size,
             precision=precision, random_teacher=isinstance(weights, str) and weights == "random", alpha=alpha,
             beta=beta, sigma_factor=sigma_factor, aggregate=aggregate, blur_sigma=blur_sigma, upsampling=upsampling,
@@ -130,7 +131,7 @@ class Detector(nn.Module):
         self.register_buffer("layer_weights", torch.ones(len(self.layers)))
         self.register_buffer("threshold", torch.tensor(float("nan")))
         # per-pixel statistics of normal heatmaps (map_norm="border"); the identity until fit() measures them
-        self._set_tiles()  # first: a tile larger than image_size is clamped here
+        self._set_views()  # first: a tile larger than image_size is clamped here
         self.register_buffer("map_mean", torch.zeros(self.network_hw))
         self.register_buffer("map_std", torch.ones(self.network_hw))
         if global_layer:  # the global branch's density and the fusion's standardisation (identity until fit)
@@ -182,7 +183,22 @@ class Detector(nn.Module):
         """Where the tiles lie in input_hw (None: the networks see the whole image)."""
         return self._grid
 
-    def _set_tiles(self) -> None:
+    @property
+    def global_hw(self) -> tuple[int, int]:
+        """What the global branch sees: the whole image at this (height, width)."""
+        return self._global_hw
+
+    def _global_view_size(self) -> tuple[int, int]:
+        size = self.settings.score.global_image_size
+        if size is None or self._global_index is None:
+            return self.network_hw
+        stride = max((self.global_teacher or self.teacher).backbone.strides[i] for i in self._global_index)
+        if isinstance(size, int):  # about size x size pixels at the input's aspect
+            return geometry.auto_image_size([self.input_hw], stride, size * size)
+        return geometry.round_to_stride(size, stride, "global_image_size")
+
+    def _set_views(self) -> None:
+        """The tiles of input_hw and the global branch's whole-image view (both follow image_size)."""
         net = self.settings.network
         tile = None if net.tile is None else tuple(min(a, b) for a, b in zip(as_hw(net.tile), self.input_hw))
         if tile is not None and tile != as_hw(net.tile):
@@ -193,7 +209,9 @@ class Detector(nn.Module):
             tiling.TileGrid(self.input_hw, tile, net.overlap)
         weights = self._grid.weights() if self._grid else torch.ones(1, 1, 1)
         self.register_buffer("tile_weights", weights.to(self.mean.device), persistent=False)
-        rows, cols = tiling.view_matrices(self.input_hw, tile) if self._grid else (torch.ones(1, 1),) * 2
+        self._global_hw = self._global_view_size()
+        resized = self._global_hw != self.input_hw
+        rows, cols = tiling.view_matrices(self.input_hw, self._global_hw) if resized else (torch.ones(1, 1),) * 2
         self.register_buffer("view_rows", rows.to(self.mean.device), persistent=False)
         self.register_buffer("view_cols", cols.to(self.mean.device), persistent=False)
 
@@ -204,7 +222,7 @@ class Detector(nn.Module):
                                               tile=None if tile is None else list(as_hw(tile)))
         self.map_mean = torch.zeros(self.network_hw, device=self.device)
         self.map_std = torch.ones(self.network_hw, device=self.device)
-        self._set_tiles()
+        self._set_views()
         self.reset_runtime()
 
     @property
@@ -223,6 +241,7 @@ class Detector(nn.Module):
         state = "fitted" if self.fitted else "not fitted"
         net, maps, score = self.settings.network, self.settings.map, self.settings.score
         glob = f", global={score.global_layer} (weight {score.global_weight:g})" if score.global_layer else ""
+        glob += f" at {self.global_hw}" if score.global_layer and score.global_image_size is not None else ""
         geometry = "" if net.resize == "squash" else f", resize={net.resize}"
         geometry += "" if self._grid is None else f", tile={self.network_hw} x{len(self._grid)}"
         return (f"backbone={net.backbone}, layers={list(self.layers)}{glob}, image_size={self.image_size}"
@@ -373,10 +392,13 @@ class Detector(nn.Module):
     def map_and_global(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(heatmaps at input_hw, the map's image scores, the global branch's scores or None) of normalised
         images, before fusion. Tiles: cut, scored tile by tile, stitched (tiling.py); the global branch sees
-        the whole image once, resized to the tile's size (whole_image_features)."""
+        the whole image once, at global_hw (whole_image_features)."""
         if self._grid is None:
-            t, s, g = self._all_features(x)
+            own_view = self.global_hw != self.input_hw  # the branch sees the image at another size
+            t, s, g = self._all_features(x, pooled_global=not own_view)
             heat, score = self.maps_from_features(t, s)
+            if own_view and self._global_index is not None:
+                g = self.whole_image_features(x)
         else:
             tiles = tiling.cut(x, self._grid)
             step = max(self.TILE_CHUNK, len(x))
@@ -387,14 +409,14 @@ class Detector(nn.Module):
         return heat, score, (None if g is None else self.global_scores(g))
 
     def whole_image_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The global branch's pooled features of normalised images at input_hw: with tiles, of the whole image
-        resized to the tile's size (an image-level view, as without tiles), else of the image itself."""
+        """The global branch's pooled features of normalised images at input_hw: of the whole image at
+        global_hw."""
         return self.global_features(self.whole_image(x))
 
     def whole_image(self, x: torch.Tensor) -> torch.Tensor:
-        """What the global branch sees of normalised images at input_hw: with tiles, the whole image resized to
-        the tile's size, else the image itself."""
-        if self._grid is None:
+        """What the global branch sees of normalised images at input_hw: the whole image at global_hw
+        (global_image_size; by default the tile's size with tiles, else the image itself)."""
+        if self.global_hw == self.input_hw:
             return x
         return tiling.whole_view(x, self.view_rows, self.view_cols).contiguous(memory_format=torch.channels_last)
 

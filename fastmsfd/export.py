@@ -66,7 +66,10 @@ class InferenceGraph(nn.Module):
             self.register_buffer("map_std", detector.map_std.detach().clone())
         self.grid = detector.grid  # tiles: cut and stitched by fixed slices and pads (tiling.py)
         if self.grid is not None:
-            for name in ("tile_weights", "view_rows", "view_cols"):
+            self.register_buffer("tile_weights", detector.tile_weights.detach().clone())
+        self.global_view = detector.global_hw != detector.input_hw  # the branch's whole-image view is resized
+        if self.global_view:
+            for name in ("view_rows", "view_cols"):
                 self.register_buffer(name, getattr(detector, name).detach().clone())
         if self.global_index is not None:
             self.global_weight = detector.settings.score.global_weight
@@ -92,10 +95,10 @@ class InferenceGraph(nn.Module):
             heat = tiling.stitch(heat, self.grid, self.tile_weights)
         score = reference.image_score(heat, self.topk)
         if self.global_index is not None:
-            if self.grid is None and self.global_teacher is None:
+            if self.grid is None and not self.global_view and self.global_teacher is None:
                 g = global_score.pooled_layers(t_all, self.global_index)
-            else:  # the whole image (at the tile's size with tiles: Detector.whole_image) through its teacher
-                view = whole if self.grid is None else tiling.whole_view(whole, self.view_rows, self.view_cols)
+            else:  # the whole image at global_hw (Detector.whole_image) through its teacher
+                view = tiling.whole_view(whole, self.view_rows, self.view_cols) if self.global_view else whole
                 if self.global_renormalize:  # only a global teacher of its own has another normalisation
                     view = view * self.global_in_scale + self.global_in_shift
                 net = self.teacher if self.global_teacher is None else self.global_teacher

@@ -128,6 +128,9 @@ def choose_geometry(det, source, progress: bool) -> None:
         tile = geometry.round_to_stride(det.network_hw, det.stride, "tile")
     if tuple(hw) != det.input_hw or (tile is not None and as_hw(tile) != det.network_hw):
         det.set_geometry(hw, tile)
+    if det.settings.score.global_image_size is not None and det.settings.score.global_layer and progress:
+        h, w = det.global_hw
+        print(f"fastmsfd fit: the global branch sees the whole image at {h}x{w} (height x width)")
 
 
 def _batched_features(det, images_u8: torch.Tensor, batch_size: int = 16):

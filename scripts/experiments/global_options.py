@@ -24,7 +24,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("models", help="fusion_sweep.py --out folder with one stage4-6 detector per dataset")
     ap.add_argument("categories", nargs="+")
-    ap.add_argument("--large-side", type=int, default=288, help="the larger input tried: about this side squared")
+    ap.add_argument("--sides", default="288", help="other inputs for the branch, comma-separated: about each side "
+                    "squared at the training images' median aspect, resized from the map's input as the detector's "
+                    "global_image_size does (antialiased bilinear)")
+    ap.add_argument("--teachers", default="L0,L2", help="which teachers to try: L0, L2 or both")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     sys.path.insert(0, str(Path(__file__).parent))
@@ -37,16 +40,21 @@ def main() -> None:
     from fastmsfd.fit import split_held_out
     from fastmsfd.geometry import auto_image_size
     from fastmsfd.global_score import fit_density, mahalanobis, pooled
+    from fastmsfd.tiling import view_matrices, whole_view
 
-    teachers = {"L0": (build_teacher("efficientnet_lite0", ["stage6", "stage7"]), ["s6", "s7"]),
-                "L2": (build_teacher("efficientnet_lite2", ["stage5", "stage6", "stage7"]), ["s5", "s6", "s7"])}
+    teachers = {"L0": lambda: (build_teacher("efficientnet_lite0", ["stage6", "stage7"]), ["s6", "s7"]),
+                "L2": lambda: (build_teacher("efficientnet_lite2", ["stage5", "stage6", "stage7"]), ["s5", "s6", "s7"])}
+    teachers = {k: teachers[k]() for k in args.teachers.split(",")}
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in normalization("efficientnet_lite0"))  # Lite0 = Lite2
 
-    def feats(net, u8):
+    def feats(net, u8, size):
+        rows, cols = view_matrices(tuple(u8.shape[-2:]), size)
         out = []
         with torch.no_grad():
             for i in range(0, len(u8), 32):
-                out.append([pooled(f) for f in net.backbone((u8[i:i + 32].float() / 255 - mean) / std)])
+                x = (u8[i:i + 32].float() / 255 - mean) / std
+                x = x if size == tuple(u8.shape[-2:]) else whole_view(x, rows, cols)
+                out.append([pooled(f) for f in net.backbone(x)])
         return [torch.cat(layer) for layer in zip(*out)]
 
     def z(train, held_out, test):
@@ -64,13 +72,15 @@ def main() -> None:
         dev, _ = dev_final_split(cat)
         d = score_category(det, dev.test)
         zs = {}
-        large = auto_image_size([image_size_of(p) for p in cat.train], 32, args.large_side ** 2)
-        for tag, size in (("", det.input_hw), (f"@{args.large_side}", large)):
-            train, held_out, _ = split_held_out(load_resized(cat.train, size), det.config.get("val_fraction", 0.1),
-                                                det.config.get("seed", 0))
-            test = load_resized([s.path for s in dev.test], size)
+        train_sizes = [image_size_of(p) for p in cat.train]
+        sizes = [("", det.input_hw)] + [(f"@{side}", auto_image_size(train_sizes, 32, side ** 2))
+                                        for side in map(int, args.sides.split(","))]
+        train, held_out, _ = split_held_out(load_resized(cat.train, det.input_hw),
+                                            det.config.get("val_fraction", 0.1), det.config.get("seed", 0))
+        test = load_resized([s.path for s in dev.test], det.input_hw)
+        for tag, size in sizes:
             for short, (net, layers) in teachers.items():
-                ftr, fho, fte = feats(net, train), feats(net, held_out), feats(net, test)
+                ftr, fho, fte = (feats(net, u8, tuple(size)) for u8 in (train, held_out, test))
                 for k, layer in enumerate(layers):
                     zs[f"{short} {layer}{tag}"] = z(ftr[k], fho[k], fte[k])
                 if short == "L2":
