@@ -60,10 +60,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--global-backbone", default="auto",
                    help="the global branch's own teacher: auto (a larger EfficientNet-Lite for EfficientNet-Lite "
                         "maps), a backbone name, or none (the map's teacher) (default: %(default)s)")
-    p.add_argument("--global-image-size", type=_global_image_size, default=None,
+    p.add_argument("--global-image-size", type=_global_image_size, default="auto",
                    help="what the global branch sees: the whole image at about N x N pixels in the input's aspect "
-                        "(one number), at HEIGHTxWIDTH, or none: at the networks' input, the tile's size with tiles "
-                        "(default: none)")
+                        "(one number; never more than the input), at HEIGHTxWIDTH, none: at the networks' input "
+                        "(the tile's size with tiles), or auto: 192 for the Lite2 branch, else none (default: auto)")
     p.add_argument("--global-weight", default=GLOBAL_WEIGHT_DEFAULT,
                    help="the global score's share of the image score in [0, 1], or auto: chosen at fit time with "
                         "synthetic defects on held-out normal images (default: %(default)s)")
@@ -85,12 +85,8 @@ def _image_size(value: str):
 
 
 def _global_image_size(value: str):
-    """none -> None, else one number or HEIGHTxWIDTH as --image-size."""
-    if value.lower() == "none":
-        return None
-    if value.lower() == "auto":
-        raise argparse.ArgumentTypeError("'auto': give none, one number or HEIGHTxWIDTH, e.g. 160 or 192x128")
-    return _image_size(value)
+    """none -> None, auto -> "auto", else one number or HEIGHTxWIDTH as --image-size."""
+    return None if value.lower() == "none" else _image_size(value)
 
 
 def _global_weight(value: str):

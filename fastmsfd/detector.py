@@ -57,8 +57,9 @@ class Detector(nn.Module):
     KolektorSDD's 500x1260 416x160, chosen on development parts, docs/quality.md). resize="squash" stretches,
     "keep_aspect" letterboxes with repeated edge pixels. tile (an int or (H, W)) runs the networks on tiles of
     the resized image overlapping by at least `overlap` of a tile, each standardised and then stitched into one
-    heatmap (fastmsfd/tiling.py). The global branch sees the whole image at global_image_size (an int: about
-    that side squared in the input's aspect; (H, W); None: at the networks' input, the tile's size with tiles).
+    heatmap (fastmsfd/tiling.py). The global branch sees the whole image at global_image_size: an int is about
+    that side squared in the input's aspect (never more pixels than the input), (H, W) exactly, None the
+    networks' input (the tile's size with tiles), "auto" (the default) 192 for the Lite2 branch, else None.
     Sizes are rounded to the layers' stride.
 
     Image score (docs/quality.md): the heatmap's score fused with a global branch, a Gaussian density of one
@@ -80,7 +81,7 @@ class Detector(nn.Module):
                  ops_backend: str = "auto", compile: bool | str = False, upsampling: str = "gaussian",
                  map_norm: str | None = "border", global_layer: str | None = "auto",
                  global_weight: float | str = global_score.DEFAULT_WEIGHT, global_backbone: str | None = "auto",
-                 global_image_size: int | tuple[int, int] | None = None, resize: str = "squash",
+                 global_image_size: int | tuple[int, int] | str | None = "auto", resize: str = "squash",
                  tile: int | tuple[int, int] | None = None, overlap: float = 0.25):
         super().__init__()
         if runtime not in RUNTIMES:
@@ -88,6 +89,7 @@ class Detector(nn.Module):
         if ops_backend not in ("auto",) + ops.BACKENDS:
             raise ValueError(f"ops_backend must be 'auto' or one of {ops.BACKENDS}, got {ops_backend!r}")
         global_backbone, global_layer = global_score.resolve(backbone, global_backbone, global_layer)
+        global_image_size = global_score.resolve_image_size(global_backbone, global_image_size)
         # "auto": fit() chooses it with synthetic defects on held-out normal images (fit.choose_global_weight)
         self.global_weight_request = global_weight
         global_weight = global_score.DEFAULT_WEIGHT if global_weight == "auto" else global_weight
@@ -193,8 +195,10 @@ class Detector(nn.Module):
         if size is None or self._global_index is None:
             return self.network_hw
         stride = max((self.global_teacher or self.teacher).backbone.strides[i] for i in self._global_index)
-        if isinstance(size, int):  # about size x size pixels at the input's aspect
-            return geometry.auto_image_size([self.input_hw], stride, size * size)
+        if isinstance(size, int):  # about size x size pixels at the input's aspect, never more than the input
+            h, w = self.input_hw
+            return self.input_hw if size * size >= h * w else geometry.auto_image_size([self.input_hw], stride,
+                                                                                        size * size)
         return geometry.round_to_stride(size, stride, "global_image_size")
 
     def _set_views(self) -> None:

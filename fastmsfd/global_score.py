@@ -17,6 +17,8 @@ DEFAULT_BACKBONES = {"efficientnet_lite0": "efficientnet_lite2", "efficientnet_l
                      "efficientnet_lite2": "efficientnet_lite2"}
 DEFAULT_LAYERS = {"efficientnet_lite0": "stage7", "efficientnet_lite1": "stage7", "efficientnet_lite2": "stage5,stage6"}
 DEFAULT_WEIGHT = 0.6
+# global_image_size="auto": the side of the whole-image view a teacher of its own sees (None: the map's input)
+DEFAULT_IMAGE_SIDES = {"efficientnet_lite2": 192}
 
 
 def default_layer(backbone: str) -> str | None:
@@ -45,6 +47,14 @@ def resolve(backbone: str, global_backbone: str | None, global_layer: str | None
             raise ValueError(f"global_backbone {global_backbone!r} has no default global layer: name one with "
                              f"global_layer= (its layers: {', '.join(layer_order(global_backbone))})")
     return (global_backbone if global_layer else None), global_layer
+
+
+def resolve_image_size(global_backbone: str | None, global_image_size):
+    """global_image_size with "auto" resolved: DEFAULT_IMAGE_SIDES for a branch with a teacher of its own, else
+    None (the map's input)."""
+    if isinstance(global_image_size, str) and global_image_size == "auto":
+        return DEFAULT_IMAGE_SIDES.get(global_backbone) if global_backbone else None
+    return global_image_size
 
 
 def pooled(features: torch.Tensor) -> torch.Tensor:

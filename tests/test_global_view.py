@@ -39,6 +39,17 @@ def test_the_view_size(size, tile, want):
     assert det.settings.score.global_image_size == (tuple(size) if isinstance(size, tuple) else size)
 
 
+def test_auto_is_the_lite2_branch_default_and_never_exceeds_the_input():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mtd_like = Detector(image_size=(288, 224), weights="random")
+        unmeasured = Detector(image_size=(288, 224), weights="random", global_backbone=None)
+    assert mtd_like.settings.score.global_image_size == 192
+    assert mtd_like.global_hw == (224, 160)   # about 192 x 192 pixels at 9:7, sides a multiple of 32
+    assert unmeasured.global_hw == (288, 224)  # the map's teacher serves the branch: at its input
+    assert _detector().global_hw == HW  # 192 x 192 pixels is more than the 192 x 128 input: no upsampling
+
+
 def test_a_size_off_the_stride_is_rounded_with_a_warning_and_bad_sizes_are_refused():
     with pytest.warns(UserWarning, match=r"global_image_size 100x64 .* using 96x64"):
         det = Detector(image_size=HW, weights="random", global_image_size=(100, 64))

@@ -113,10 +113,11 @@ def test_no_seams_on_normal_texture(tiled):
 def test_tiled_detector_buffers_global_branch_and_small_images(tiled):
     assert tiled.network_hw == (TILE, TILE) and tiled.input_hw == CANVAS and len(tiled.grid) == 12
     assert tiled.map_mean.shape == (TILE, TILE)                # border statistics of tiles
+    assert tiled.global_hw == CANVAS   # the default branch's view (192 side) never exceeds the input
     x = tiled._prepare(_gravel(2, 3, True))
     with torch.no_grad():
         heat, map_score, glob = tiled.map_and_global(x)
-        view = torch.nn.functional.interpolate(x, size=(TILE, TILE), mode="bilinear", antialias=True)
+        view = torch.nn.functional.interpolate(x, size=tiled.global_hw, mode="bilinear", antialias=True)
         whole = tiled.global_scores(tiled.global_features(view.contiguous(memory_format=torch.channels_last)))
     assert heat.shape == (2, *CANVAS)
     torch.testing.assert_close(glob, whole, rtol=1e-4, atol=1e-4)  # the global branch sees the whole image

@@ -71,6 +71,8 @@ def main() -> None:
     ap.add_argument("--backbone", default="efficientnet_lite0")
     ap.add_argument("--global-backbone", default="auto", help="the global branch's teacher; none: the map's")
     ap.add_argument("--image-size", default="256", help="one number, or HEIGHTxWIDTH")
+    ap.add_argument("--global-image-size", default="none",
+                    help="what the branch sees: none (the map's input), one number (a side) or HEIGHTxWIDTH")
     ap.add_argument("--tile", default=None, help="tile size: one number, or HEIGHTxWIDTH (default: no tiles)")
     ap.add_argument("--overlap", type=float, default=0.25)
     ap.add_argument("--resize", default="squash", choices=["squash", "keep_aspect"])
@@ -82,13 +84,14 @@ def main() -> None:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    from fastmsfd.cli import _image_size
+    from fastmsfd.cli import _global_image_size, _image_size
 
     image_size, tile = _image_size(args.image_size), args.tile and _image_size(args.tile)
     global_backbone = None if args.global_backbone == "none" else args.global_backbone
     short = {name: name.replace("efficientnet_", "") for name in (args.backbone, args.global_backbone)}
     geometry = f"{short[args.backbone]}-g{short[args.global_backbone]}-{args.image_size}-{args.resize}" + \
-        (f"-tile{args.tile}-{args.overlap}" if tile else "")
+        (f"-tile{args.tile}-{args.overlap}" if tile else "") + \
+        ("" if args.global_image_size == "none" else f"-gsize{args.global_image_size}")
     results = {}
     for folder in args.categories:
         cat = mvtec_category(folder)
@@ -102,7 +105,8 @@ def main() -> None:
                 t0 = time.perf_counter()
                 det = Detector(backbone=args.backbone, layers=layers, image_size=image_size,
                                global_layer=args.global_layer, global_backbone=global_backbone,
-                               global_weight="auto", tile=tile, overlap=args.overlap, resize=args.resize)
+                               global_weight="auto", tile=tile, overlap=args.overlap, resize=args.resize,
+                               global_image_size=_global_image_size(args.global_image_size))
                 det.fit(cat.root, progress=False)
                 fit_s = time.perf_counter() - t0
                 det.save(model)

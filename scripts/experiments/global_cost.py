@@ -1,7 +1,8 @@
 """Inference cost of the deeper defaults: the previous detector (map layers stage2-4, no global branch) beside
 stage2-4 + the global branch on the map's teacher, stage4-6 likewise, and the current defaults (stage4-6 + the
-global branch on its own Lite2 teacher's stage6), for each runtime, paired and
-interleaved in one run (uint8 batch of 8 at 256 px, random weights: speed does not depend on them).
+global branch on its own Lite2 teacher's stage6, or stage5+6, at the map's input or at a smaller
+global_image_size), for each runtime, paired and interleaved in one run (uint8 batch of 8 at 256 px, random
+weights: speed does not depend on them).
 
     .venv/bin/python scripts/experiments/global_cost.py [--reps 9]
 """
@@ -19,7 +20,13 @@ CONFIGS = {"stage2-4, no global (previous)": dict(layers=("stage2", "stage3", "s
                                             global_backbone=None),
            "stage4-6 + global stage7": dict(layers=("stage4", "stage5", "stage6"), global_layer="stage7",
                                             global_backbone=None),
-           "stage4-6 + Lite2 global stage6": dict(layers=("stage4", "stage5", "stage6"), global_layer="stage6")}
+           "stage4-6 + Lite2 global stage6": dict(layers=("stage4", "stage5", "stage6"), global_layer="stage6",
+                                                  global_image_size=None),
+           "stage4-6 + Lite2 global stage5+6": dict(layers=("stage4", "stage5", "stage6"),
+                                                    global_layer="stage5,stage6", global_image_size=None),
+           **{f"stage4-6 + Lite2 global stage5+6 at {side}": dict(layers=("stage4", "stage5", "stage6"),
+                                                                 global_layer="stage5,stage6", global_image_size=side)
+              for side in (160, 192, 224)}}
 
 
 def main() -> None:

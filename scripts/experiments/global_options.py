@@ -5,7 +5,9 @@ training images, standardised by its held-out normal images (fit's seeded split)
 w of (1 - w) z_map + w z_global, per dataset and as the mean over them. No final-part label is read.
 
     .venv/bin/python scripts/experiments/global_options.py /tmp/lite2g ../shared/data/mtd/magnetic_tile \\
-        ../shared/data/kolektorsdd/commutator ../shared/data/elpv/solar_cell_mono
+        ../shared/data/kolektorsdd/commutator ../shared/data/elpv/solar_cell_mono [--teachers L2 --sides 160,192,224]
+
+"@N" rows: the branch sees the map's input resized to about N x N pixels (Detector(global_image_size=N)).
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ def main() -> None:
     ap.add_argument("models", help="fusion_sweep.py --out folder with one stage4-6 detector per dataset")
     ap.add_argument("categories", nargs="+")
     ap.add_argument("--sides", default="288", help="other inputs for the branch, comma-separated: about each side "
-                    "squared at the training images' median aspect, resized from the map's input as the detector's "
+                    "squared at the map input's aspect, resized from the map's input as the detector's "
                     "global_image_size does (antialiased bilinear)")
     ap.add_argument("--teachers", default="L0,L2", help="which teachers to try: L0, L2 or both")
     args = ap.parse_args()
@@ -35,7 +37,7 @@ def main() -> None:
 
     from fastmsfd import Detector, metrics
     from fastmsfd.backbones import build_teacher, normalization
-    from fastmsfd.data import image_size_of, load_resized
+    from fastmsfd.data import load_resized
     from fastmsfd.datasets import dev_final_split, mvtec_category
     from fastmsfd.fit import split_held_out
     from fastmsfd.geometry import auto_image_size
@@ -72,8 +74,8 @@ def main() -> None:
         dev, _ = dev_final_split(cat)
         d = score_category(det, dev.test)
         zs = {}
-        train_sizes = [image_size_of(p) for p in cat.train]
-        sizes = [("", det.input_hw)] + [(f"@{side}", auto_image_size(train_sizes, 32, side ** 2))
+        # the detector's rule for global_image_size=side: about side x side pixels at its input's aspect
+        sizes = [("", det.input_hw)] + [(f"@{side}", auto_image_size([det.input_hw], 32, side ** 2))
                                         for side in map(int, args.sides.split(","))]
         train, held_out, _ = split_held_out(load_resized(cat.train, det.input_hw),
                                             det.config.get("val_fraction", 0.1), det.config.get("seed", 0))
