@@ -153,18 +153,20 @@ def main() -> None:
         for ls in layer_sets:
             r = results[f"{n}|{ls}"]
             lines.append(f"| {n} | {ls} | {r['auto_weight']} | {auroc_at(r['final'], r['auto_weight']):.4f} |")
-    lines += ["", "## Final parts, image AUROC per defect type (chosen settings; each type against all good)", ""]
     from fastmsfd import metrics
 
-    for n in names:
-        f = results[f"{n}|{best_ls}"]["final"]
-        fused = (1 - best_w) * f["z_map"] + best_w * f["z_glob"]
-        good = [i for i, d in enumerate(f["defects"]) if d == "good"]
-        parts = []
-        for d in sorted(set(f["defects"]) - {"good"}):
-            idx = good + [i for i, x in enumerate(f["defects"]) if x == d]
-            parts.append(f"{d} {metrics.auroc(f['labels'][idx], fused[idx]):.3f}")
-        lines.append(f"- {n}: " + ", ".join(parts))
+    for title, w in (("chosen settings", best_w), (f"map layers {best_ls}, default w {DEFAULT_WEIGHT}",
+                                                   DEFAULT_WEIGHT)):
+        lines += ["", f"## Final parts, image AUROC per defect type ({title}; each type against all good)", ""]
+        for n in names:
+            f = results[f"{n}|{best_ls}"]["final"]
+            fused = (1 - w) * f["z_map"] + w * f["z_glob"]
+            good = [i for i, d in enumerate(f["defects"]) if d == "good"]
+            parts = []
+            for d in sorted(set(f["defects"]) - {"good"}):
+                idx = good + [i for i, x in enumerate(f["defects"]) if x == d]
+                parts.append(f"{d} {metrics.auroc(f['labels'][idx], fused[idx]):.3f}")
+            lines.append(f"- {n}: " + ", ".join(parts))
     text = "\n".join(lines) + "\n"
     (out / "sweep.md").write_text(text)
     print(text)
