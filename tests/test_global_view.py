@@ -107,3 +107,21 @@ def test_fit_checkpoint_and_onnx_runtime_use_the_view(tmp_path):
     ort = Detector.load(path, runtime="onnxruntime").predict(x)
     assert (ort.heatmaps - ref.heatmaps).abs().max().item() <= 1e-4 * ref.heatmaps.abs().max().item()
     torch.testing.assert_close(ort.scores, ref.scores, rtol=1e-4, atol=1e-4)
+
+
+def test_files_without_the_setting_keep_the_map_input(tmp_path):
+    """Files written before global_image_size existed: the branch sees the networks' input, as it did."""
+    from fastmsfd.checkpoint import load_checkpoint, save_checkpoint
+
+    det = _detector(global_image_size=None)
+    det.calibrate(brick_crops(4))
+    path = tmp_path / "before.fastmsfd"
+    det.save(path)
+    tensors, config = load_checkpoint(path)
+    assert "global_image_size" in config
+    config.pop("global_image_size")
+    save_checkpoint(path, tensors, config)
+    old = Detector.load(path, runtime="torch")
+    assert old.settings.score.global_image_size is None and old.global_hw == HW
+    x = brick_crops(2, seed=3)
+    assert torch.equal(old.predict(x).scores, det.predict(x).scores)
