@@ -214,6 +214,8 @@ class Detector(nn.Module):
         weights = self._grid.weights() if self._grid else torch.ones(1, 1, 1)
         self.register_buffer("tile_weights", weights.to(self.mean.device), persistent=False)
         self._global_hw = self._global_view_size()
+        if isinstance(self.settings.score.global_image_size, tuple) and self._global_index is not None:
+            self.settings = self.settings.replace(global_image_size=list(self._global_hw))  # rounded: warn once
         resized = self._global_hw != self.input_hw
         rows, cols = tiling.view_matrices(self.input_hw, self._global_hw) if resized else (torch.ones(1, 1),) * 2
         self.register_buffer("view_rows", rows.to(self.mean.device), persistent=False)

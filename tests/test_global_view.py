@@ -53,6 +53,10 @@ def test_auto_is_the_lite2_branch_default_and_never_exceeds_the_input():
 def test_a_size_off_the_stride_is_rounded_with_a_warning_and_bad_sizes_are_refused():
     with pytest.warns(UserWarning, match=r"global_image_size 100x64 .* using 96x64"):
         det = Detector(image_size=HW, weights="random", global_image_size=(100, 64))
+    assert det.global_hw == (96, 64) and det.settings.score.global_image_size == (96, 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the size used is kept: no second warning when fit sets the geometry
+        det.set_geometry((224, 160))
     assert det.global_hw == (96, 64)
     for bad in (16, 0, "big", (64, 64, 64), (64, 8), True):
         with pytest.raises(ValueError, match="global_image_size"):
