@@ -421,7 +421,7 @@ class Detector(nn.Module):
 
     def whole_image(self, x: torch.Tensor) -> torch.Tensor:
         """What the global branch sees of normalised images at input_hw: the whole image at global_hw
-        (global_image_size; by default the tile's size with tiles, else the image itself)."""
+        (global_image_size; None: the tile's size with tiles, else the image itself)."""
         if self.global_hw == self.input_hw:
             return x
         return tiling.whole_view(x, self.view_rows, self.view_cols).contiguous(memory_format=torch.channels_last)

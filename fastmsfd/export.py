@@ -5,8 +5,9 @@ what Detector.predict does; the ONNX metadata says so). Normalisation happens in
 "heatmap" (B, S, S) float32 and "score" (B,) float32: the same math as fastmsfd.ops.reference, with
 the Gaussian up-sampling as two MatMuls by fixed matrices, and the heatmap standardised by the detector's border
 statistics (map_norm="border") before the score. With tiles, the graph cuts the image into the detector's tiles,
-standardises each tile's heatmap and stitches them (fastmsfd/tiling.py); the global branch runs its teacher (its
-own, or the map's) once more on the whole image resized to the tile's size. The batch dimension is dynamic.
+standardises each tile's heatmap and stitches them (fastmsfd/tiling.py). The global branch runs its teacher (its
+own, or the map's) on the whole image at the detector's global_hw, resized inside the graph where that differs
+from the input. The batch dimension is dynamic.
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ tile's noisier edges are on the same scale as its centre; the stitch then weight
 rises from almost 0 at its edges to 1 over the overlap, normalised so the weights at each pixel sum to 1: a
 tile's edge, where its context ends, hardly counts where a neighbour covers it. Cutting and
 stitching are fixed slices and pads for a given geometry, so the ONNX graph contains them too. The global branch
-sees the whole image once, resized to the tile's size (whole_view), not the tiles.
+sees the whole image once at its own size (whole_view; Detector.global_hw), not the tiles.
 """
 from __future__ import annotations
 
