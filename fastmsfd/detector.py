@@ -216,8 +216,9 @@ class Detector(nn.Module):
         self._global_hw = self._global_view_size()
         if isinstance(self.settings.score.global_image_size, tuple) and self._global_index is not None:
             self.settings = self.settings.replace(global_image_size=list(self._global_hw))  # rounded: warn once
-        resized = self._global_hw != self.input_hw
-        rows, cols = tiling.view_matrices(self.input_hw, self._global_hw) if resized else (torch.ones(1, 1),) * 2
+        self._view_resized = self._global_hw != self.input_hw  # else the branch sees the input itself
+        rows, cols = (tiling.view_matrices(self.input_hw, self._global_hw) if self._view_resized
+                      else (torch.ones(1, 1),) * 2)
         self.register_buffer("view_rows", rows.to(self.mean.device), persistent=False)
         self.register_buffer("view_cols", cols.to(self.mean.device), persistent=False)
 
@@ -354,7 +355,9 @@ class Detector(nn.Module):
         pooled_global=False: no global features (None), so a global branch's own teacher does not run."""
         with self._autocast():
             t_all, s = self.teacher(x), (student or self.student)(x)
-            g = None if self._global_index is None or not pooled_global else self._pooled_global(x, t_all)
+            g = None
+            if self._global_index is not None and pooled_global:  # the map teacher's features serve an unresized view
+                g = self._pooled_global(self.whole_image(x), None if self._view_resized else t_all)
         t = [t_all[i] for i in self._map_index]
         # under autocast the teacher's float32 standardisation can leave it in float32 while the student is in
         # bfloat16/float16: give both the student's dtype (the distance kernels accumulate in float32 anyway)
@@ -400,11 +403,8 @@ class Detector(nn.Module):
         images, before fusion. Tiles: cut, scored tile by tile, stitched (tiling.py); the global branch sees
         the whole image once, at global_hw (whole_image_features)."""
         if self._grid is None:
-            own_view = self.global_hw != self.input_hw  # the branch sees the image at another size
-            t, s, g = self._all_features(x, pooled_global=not own_view)
+            t, s, g = self._all_features(x)
             heat, score = self.maps_from_features(t, s)
-            if own_view and self._global_index is not None:
-                g = self.whole_image_features(x)
         else:
             tiles = tiling.cut(x, self._grid)
             step = max(self.TILE_CHUNK, len(x))
@@ -422,7 +422,7 @@ class Detector(nn.Module):
     def whole_image(self, x: torch.Tensor) -> torch.Tensor:
         """What the global branch sees of normalised images at input_hw: the whole image at global_hw
         (global_image_size; None: the tile's size with tiles, else the image itself)."""
-        if self.global_hw == self.input_hw:
+        if not self._view_resized:
             return x
         return tiling.whole_view(x, self.view_rows, self.view_cols).contiguous(memory_format=torch.channels_last)
 

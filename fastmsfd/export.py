@@ -68,7 +68,7 @@ class InferenceGraph(nn.Module):
         self.grid = detector.grid  # tiles: cut and stitched by fixed slices and pads (tiling.py)
         if self.grid is not None:
             self.register_buffer("tile_weights", detector.tile_weights.detach().clone())
-        self.global_view = detector.global_hw != detector.input_hw  # the branch's whole-image view is resized
+        self.global_view = detector._view_resized  # the branch's whole-image view is resized
         if self.global_view:
             for name in ("view_rows", "view_cols"):
                 self.register_buffer(name, getattr(detector, name).detach().clone())

@@ -82,6 +82,9 @@ def test_the_branch_sees_the_resized_image_in_torch_and_in_the_graph(global_back
         want = det.global_scores(det.global_features(view.contiguous(memory_format=torch.channels_last)))
         whole = det.global_scores(det.global_features(x))
         torch.testing.assert_close(glob, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+        if tile is None:  # the pooled features _all_features gives beside the map's are the view's too
+            g = det._all_features(x)[2]
+            torch.testing.assert_close(det.global_scores(g), want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
         assert (glob - whole).abs().max() > 1e-2 * want.abs().max()  # the size matters: not the unresized image
         ref_heat, ref_score = det(u8.float() / 255)
         g_heat, g_score = InferenceGraph(det).eval()(u8)
