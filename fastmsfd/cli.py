@@ -52,6 +52,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s; docs/training.md)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--augment", default="none", choices=["none", "flip", "dihedral"],
+                   help="random flips (and 90-degree turns) of the training images, for parts that look the same "
+                        "mirrored (default: %(default)s)")
+    p.add_argument("--crop-scale", type=float, default=None,
+                   help="train on random crops of at least this share of each side, resized back (default: the "
+                        "whole image; with --tile the tiles are cut from the cropped image)")
     _add_map_norm_arg(p)
     p.add_argument("--global-layer", default=GLOBAL_LAYER_DEFAULT,
                    help="the global branch's teacher layer (pooled features, Gaussian density, fused with the map "
@@ -133,8 +139,8 @@ def _load_detector(path, args):
 
 def _fit(det, data, args, state_path=None, resume=False):
     return det.fit(data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                   progress=not args.quiet, state_path=None if state_path is None else str(state_path),
-                   resume=resume)
+                   augment=_choice_or_none(args.augment), crop_scale=args.crop_scale, progress=not args.quiet,
+                   state_path=None if state_path is None else str(state_path), resume=resume)
 
 
 def cmd_demo(args) -> int:

@@ -15,7 +15,7 @@ from .datasets import normal_image_sizes, normal_images_u8
 from .distributed import data_parallel, init_from_env, rank_device
 from .errors import DataError
 from .ops import reference
-from .train import TrainConfig, auto_epochs, distill
+from .train import TrainConfig, auto_epochs, distill, recipe
 
 MIN_HELD_OUT_FOR_SCALES = 3  # held-out images that measure the fused scores' mean and std; fewer: all images
 MAP_NORM_MAX_IMAGES = 256  # normal images whose heatmaps give the border statistics (an even subsample beyond)
@@ -40,6 +40,7 @@ def fit_detector(det, source, epochs: int | None, batch_size: int, lr: float, va
             "fit: precision='float16' would need loss scaling, which fastmsfd's training does not do (small "
             "float16 gradients underflow to zero). Fit with precision='float32' or 'bfloat16' (bfloat16 needs no "
             "scaling), save, then Detector.load(path, precision='float16') to infer in float16.")
+    TrainConfig(**train_kwargs)  # unknown or bad training settings fail before any image is read
     if isinstance(source, Iterator):  # a generator: image_size="auto" reads the images before loading them
         source = list(source)
     choose_geometry(det, source, progress)
@@ -93,7 +94,7 @@ def fit_detector(det, source, epochs: int | None, batch_size: int, lr: float, va
     det.reset_runtime()
     det.calibrate(val, quantile=calibrate_quantile)
     det.info.update(n_train=len(train), n_val=n_val, epochs_run=len(det.history.val_loss),
-                    fit_seconds=round(det.history.seconds, 2))
+                    fit_seconds=round(det.history.seconds, 2), training=recipe(cfg))
 
 
 MAX_HELD_OUT_TILES = 256  # early stopping and the layer weights need a sample of tiles, not every one

@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn import functional as F
 
 from . import ops
 from .config import one_of
@@ -56,6 +57,7 @@ class TrainConfig:
     beta: float = 1.0
     seed: int = 0
     augment: str | None = None  # None, "flip" (horizontal + vertical) or "dihedral" (flips and 90-degree turns)
+    crop_scale: float | None = None  # random crops of at least this share of each side, resized back (None: off)
     optimizer: str = "adam"     # "adam" (default, docs/training.md compares), "adamw", "sgd" (momentum 0.9, STPM)
     ops_backend: str = "auto"   # the loss's backend (fastmsfd.ops), the detector's ops_backend
     schedule: str = "cosine"    # "cosine" over the planned steps, or "constant"
@@ -65,6 +67,11 @@ class TrainConfig:
     world_size: int = 1
     state_path: str | None = None  # resumable training state, rewritten (atomically) after every epoch
     resume: bool = False           # continue from state_path when it exists
+
+    def __post_init__(self):
+        if self.crop_scale is not None and not 0 < self.crop_scale <= 1:
+            raise ValueError(f"crop_scale must be in (0, 1] (the smallest crop's share of each side), "
+                             f"got {self.crop_scale}")
 
 
 @dataclass
@@ -100,6 +107,24 @@ def augment_batch(x: torch.Tensor, mode: str | None, gen: torch.Generator) -> to
     return out
 
 
+def random_resized_crops(x: torch.Tensor, min_side: float | None, gen: torch.Generator) -> torch.Tensor:
+    """Each uint8 image of a batch (B, C, H, W): a random crop whose sides are the same random share in
+    [min_side, 1] of the image's (its aspect kept), resized back to (H, W) (bilinear). The student then sees
+    the parts a little shifted and enlarged instead of the same pixels every epoch."""
+    if min_side is None:
+        return x
+    H, W = x.shape[-2:]
+    shares = min_side + (1 - min_side) * torch.rand(len(x), generator=gen)
+    spots = torch.rand(len(x), 2, generator=gen)
+    out = torch.empty_like(x)
+    for i, (share, (u, v)) in enumerate(zip(shares.tolist(), spots.tolist())):
+        h, w = max(1, round(H * share)), max(1, round(W * share))
+        top, left = round(u * (H - h)), round(v * (W - w))
+        crop = x[i:i + 1, :, top:top + h, left:left + w].float()
+        out[i] = F.interpolate(crop, size=(H, W), mode="bilinear", align_corners=False)[0].round().clamp(0, 255)
+    return out
+
+
 def _batches(n: int, batch_size: int, generator: torch.Generator | None):
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     for i in range(0, n, batch_size):
@@ -120,8 +145,16 @@ def held_out_loss(student: nn.Module, features: Callable, images_u8: torch.Tenso
     return total / max(count, 1)
 
 
+def recipe(cfg: TrainConfig) -> dict:
+    """The settings that make a training run what it is (a checkpoint keeps them as info["training"])."""
+    run = {k: getattr(cfg, k) for k in _RUN_KEYS}
+    if cfg.crop_scale is not None:  # only when set: states saved before the setting existed still resume
+        run["crop_scale"] = cfg.crop_scale
+    return run
+
+
 def _fingerprint(cfg: TrainConfig, n_train: int, n_val: int) -> str:
-    return json.dumps(dict({k: getattr(cfg, k) for k in _RUN_KEYS}, n_train=n_train, n_val=n_val), sort_keys=True)
+    return json.dumps(dict(recipe(cfg), n_train=n_train, n_val=n_val), sort_keys=True)
 
 
 def save_state(path: str | os.PathLike, state: dict) -> None:
@@ -196,6 +229,7 @@ def distill(teacher: nn.Module, student: nn.Module, features: Callable, train_u8
             if len(idx) < max(2, cfg.world_size) and len(train_u8) > 1:
                 continue  # BatchNorm needs two samples (every process one); the images are seen in other epochs
             batch = augment_batch(train_u8[idx], cfg.augment, gen)  # same draws on every process
+            batch = random_resized_crops(batch, cfg.crop_scale, gen)
             if cfg.world_size > 1:
                 local = shard(torch.arange(len(idx)), cfg.rank, cfg.world_size)
                 batch = batch[local]

@@ -72,6 +72,18 @@ def test_fit_map_norm_option(model, tmp_path):
     assert Detector.load(out).config["map_norm"] is None
 
 
+def test_fit_training_options_reach_the_checkpoint(model, tmp_path):
+    from fastmsfd import Detector
+
+    assert Detector.load(model).config["training"]["augment"] is None  # fit's defaults: whole images as they are
+    assert "crop_scale" not in Detector.load(model).config["training"]
+    out = tmp_path / "crops.fastmsfd"
+    assert main(["-q", "fit", str(_folder(tmp_path / "train", 6)), "-o", str(out), "--image-size", "64",
+                 "--epochs", "1", "--augment", "flip", "--crop-scale", "0.75"]) == 0
+    training = Detector.load(out).config["training"]
+    assert training["augment"] == "flip" and training["crop_scale"] == 0.75 and training["epochs"] == 1
+
+
 def test_errors_are_one_line_with_nonzero_exit(tmp_path, capsys):
     assert main(["-q", "fit", str(tmp_path / "missing"), "-o", str(tmp_path / "m.fastmsfd")]) == 2
     err = capsys.readouterr().err.strip()

@@ -211,6 +211,50 @@ def test_dihedral_augmentation_draws_each_symmetry():
     assert torch.equal(augment_batch(x, None, torch.Generator()), x)
 
 
+@pytest.mark.parametrize("shape,min_side", [((6, 3, 8, 12), 0.5), ((5, 1, 9, 7), 0.8), ((3, 3, 6, 6), 0.34)])
+def test_random_resized_crops_are_resized_crops_of_each_image(shape, min_side):
+    """Brute force: every output is one of the image's crops (sides the same share, in [min_side, 1], of its
+    own, rounded) resized back with bilinear interpolation, to uint8 rounding."""
+    from fastmsfd.train import random_resized_crops
+
+    x = (torch.rand(shape, generator=torch.Generator().manual_seed(sum(shape))) * 255).to(torch.uint8)
+    out = random_resized_crops(x, min_side, torch.Generator().manual_seed(1))
+    assert out.shape == x.shape and out.dtype == torch.uint8
+    H, W = shape[-2:]
+    for img, got in zip(x, out):
+        candidates = []
+        sides = {(max(1, round(H * s)), max(1, round(W * s))) for s in np.linspace(min_side, 1, 2001).tolist()}
+        for h, w in sides:
+            for top in range(H - h + 1):
+                for left in range(W - w + 1):
+                    crop = img[None, :, top:top + h, left:left + w].float()
+                    candidates.append(torch.nn.functional.interpolate(crop, size=(H, W), mode="bilinear",
+                                                                      align_corners=False)[0])
+        err = min(float((c - got.float()).abs().max()) for c in candidates)
+        assert err <= 0.5 + 1e-4  # rounding to uint8 only
+    assert not torch.equal(out, x)  # with shares below 1 some image moved
+    assert torch.equal(random_resized_crops(x, None, torch.Generator()), x)
+    assert torch.equal(random_resized_crops(x, 1.0, torch.Generator()), x)  # the whole image, as it was
+
+
+def test_crop_scale_is_checked_before_any_image_is_read(tmp_path):
+    with pytest.raises(ValueError, match="crop_scale must be in"):
+        Detector(image_size=SIZE).fit(tmp_path / "not-there", crop_scale=1.5, progress=False)
+    with pytest.raises(TypeError, match="crop_sclae"):
+        Detector(image_size=SIZE).fit(tmp_path / "not-there", crop_sclae=0.8, progress=False)
+
+
+def test_fit_with_random_crops_trains_and_keeps_old_training_states_valid():
+    from fastmsfd.train import TrainConfig, _fingerprint
+
+    det = Detector(image_size=SIZE, global_layer=None).fit(_images(8), epochs=2, batch_size=4, progress=False,
+                                                          crop_scale=0.7)
+    assert det.fitted and len(det.history.train_loss) == 2 and all(np.isfinite(det.history.train_loss))
+    # the setting joins a saved state's fingerprint only when it is on: states written before it still resume
+    assert "crop_scale" not in _fingerprint(TrainConfig(), 8, 2)
+    assert _fingerprint(TrainConfig(crop_scale=0.7), 8, 2) != _fingerprint(TrainConfig(), 8, 2)
+
+
 def test_torch_compile_option_gives_the_same_maps(fitted):
     x = _images(2, seed=11)
     fitted.reset_runtime("torch")

@@ -76,6 +76,7 @@ def main() -> None:
     ap.add_argument("--tile", default=None, help="tile size: one number, or HEIGHTxWIDTH (default: no tiles)")
     ap.add_argument("--overlap", type=float, default=0.25)
     ap.add_argument("--resize", default="squash", choices=["squash", "keep_aspect"])
+    ap.add_argument("--fit-kwargs", default="{}", help='fit\'s training settings as JSON, e.g. \'{"crop_scale": 0.8}\'')
     ap.add_argument("--out", default="fusion_sweep")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
@@ -92,6 +93,8 @@ def main() -> None:
     geometry = f"{short[args.backbone]}-g{short[args.global_backbone]}-{args.image_size}-{args.resize}" + \
         (f"-tile{args.tile}-{args.overlap}" if tile else "") + \
         ("" if args.global_image_size == "none" else f"-gsize{args.global_image_size}")
+    fit_kwargs = json.loads(args.fit_kwargs)
+    geometry += "".join(f"-{k}{v}" for k, v in sorted(fit_kwargs.items()))
     results = {}
     for folder in args.categories:
         cat = mvtec_category(folder)
@@ -107,7 +110,7 @@ def main() -> None:
                                global_layer=args.global_layer, global_backbone=global_backbone,
                                global_weight="auto", tile=tile, overlap=args.overlap, resize=args.resize,
                                global_image_size=_global_image_size(args.global_image_size))
-                det.fit(cat.root, progress=False)
+                det.fit(cat.root, progress=False, **fit_kwargs)
                 fit_s = time.perf_counter() - t0
                 det.save(model)
                 info_path.write_text(json.dumps({"fit_seconds": fit_s, "epochs": det.config["epochs_run"],
