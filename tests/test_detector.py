@@ -247,9 +247,11 @@ def test_crop_scale_is_checked_before_any_image_is_read(tmp_path):
 def test_fit_with_random_crops_trains_and_keeps_old_training_states_valid():
     from fastmsfd.train import TrainConfig, _fingerprint
 
-    det = Detector(image_size=SIZE, global_layer=None).fit(_images(8), epochs=2, batch_size=4, progress=False,
-                                                          crop_scale=0.7)
-    assert det.fitted and len(det.history.train_loss) == 2 and all(np.isfinite(det.history.train_loss))
+    for tile in (None, 32):  # with tiles, each tile is cut from the cropped image
+        det = Detector(image_size=SIZE, tile=tile, global_layer=None).fit(_images(8), epochs=2, batch_size=4,
+                                                                         progress=False, crop_scale=0.7)
+        assert det.fitted and len(det.history.train_loss) == 2 and all(np.isfinite(det.history.train_loss))
+        assert det.config["training"]["crop_scale"] == 0.7
     # the setting joins a saved state's fingerprint only when it is on: states written before it still resume
     assert "crop_scale" not in _fingerprint(TrainConfig(), 8, 2)
     assert _fingerprint(TrainConfig(crop_scale=0.7), 8, 2) != _fingerprint(TrainConfig(), 8, 2)
