@@ -40,7 +40,12 @@ def fit_detector(det, source, epochs: int | None, batch_size: int, lr: float, va
             "fit: precision='float16' would need loss scaling, which fastmsfd's training does not do (small "
             "float16 gradients underflow to zero). Fit with precision='float32' or 'bfloat16' (bfloat16 needs no "
             "scaling), save, then Detector.load(path, precision='float16') to infer in float16.")
-    TrainConfig(**train_kwargs)  # unknown or bad training settings fail before any image is read
+    # unknown, bad or fit-owned training settings fail before any image is read
+    owned = sorted({"alpha", "beta", "ops_backend", "rank", "world_size"} & set(train_kwargs))
+    if owned:
+        raise TypeError(f"fit() sets {owned} itself (alpha, beta and ops_backend are Detector(...) settings; "
+                        "rank and world_size come from torchrun)")
+    TrainConfig(**train_kwargs)
     if isinstance(source, Iterator):  # a generator: image_size="auto" reads the images before loading them
         source = list(source)
     choose_geometry(det, source, progress)

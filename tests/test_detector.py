@@ -242,6 +242,8 @@ def test_crop_scale_is_checked_before_any_image_is_read(tmp_path):
         Detector(image_size=SIZE).fit(tmp_path / "not-there", crop_scale=1.5, progress=False)
     with pytest.raises(TypeError, match="crop_sclae"):
         Detector(image_size=SIZE).fit(tmp_path / "not-there", crop_sclae=0.8, progress=False)
+    with pytest.raises(TypeError, match=r"sets \['alpha'\] itself"):
+        Detector(image_size=SIZE).fit(tmp_path / "not-there", alpha=0.5, progress=False)
 
 
 def test_fit_with_random_crops_trains_and_keeps_old_training_states_valid():
