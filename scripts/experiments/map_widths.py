@@ -54,12 +54,13 @@ def main() -> None:
 
 
 def pooled_features(features, k: int, x, pooled_global: bool = True):
-    """The map features average-pooled k x k (stride 1, the border's mean over the cells inside)."""
+    """The map features average-pooled k x k (stride 1; at the border, the mean of the cells inside)."""
     import torch.nn.functional as F
 
     t, s, g = features(x, pooled_global=pooled_global)
     pool = partial(F.avg_pool2d, kernel_size=k, stride=1, padding=k // 2, count_include_pad=False)
     return [pool(f) for f in t], [pool(f) for f in s], g
+
 
 if __name__ == "__main__":
     main()
