@@ -470,7 +470,7 @@ class Detector(nn.Module):
         stopping, the per-layer weights and the default threshold. epochs=None: about 3,000 training images seen
         (train.auto_epochs: 40 epochs for 75 images, 12 for 250, 4 for 700), since longer training measurably
         blurs what the student gets wrong (docs/defaults.md). Further keywords are train.TrainConfig's: augment,
-        crop_scale, optimizer, schedule, weight_decay, grad_clip, patience, state_path and resume
+        crop_scale, optimizer, schedule, weight_decay, grad_clip, patience, max_rollbacks, state_path and resume
         (docs/training.md); the checkpoint keeps them as config["training"]. Returns self."""
         from .fit import fit_detector
 

@@ -74,7 +74,8 @@ def main() -> None:
         dev, _ = dev_final_split(cat)
         d = score_category(det, dev.test)
         zs = {}
-        # the detector's rule for global_image_size=side: about side x side pixels at its input's aspect
+        # the detector's rule for global_image_size=side (about side x side pixels at its input's aspect) without
+        # its cap: a side above the input's is up-sampled here, where the detector keeps the input
         sizes = [("", det.input_hw)] + [(f"@{side}", auto_image_size([det.input_hw], 32, side ** 2))
                                         for side in map(int, args.sides.split(","))]
         train, held_out, _ = split_held_out(load_resized(cat.train, det.input_hw),
