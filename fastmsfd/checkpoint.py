@@ -107,7 +107,9 @@ REQUIRED_SETTINGS = ("backbone", "layers", "image_size", "precision", "alpha", "
                      "score_topk", "blur_sigma")
 BUFFERS = ("layer_weights", "mean", "std")
 MAP_NORM_BUFFERS = ("map_mean", "map_std")
-GLOBAL_BUFFERS = ("global_mean", "global_precision", "score_stats")
+GLOBAL_BUFFERS = {"gaussian": ("global_mean", "global_precision", "score_stats"),
+                  "nearest": ("global_memory", "score_stats")}  # by global_density
+MEMORY = "global_memory"  # its number of rows is fit's to choose
 
 
 def save_detector(det, path: str | os.PathLike) -> None:
@@ -120,7 +122,7 @@ def save_detector(det, path: str | os.PathLike) -> None:
     if det.settings.map.map_norm:
         tensors.update({name: getattr(det, name) for name in MAP_NORM_BUFFERS})
     if det.settings.score.global_layer:
-        tensors.update({name: getattr(det, name) for name in GLOBAL_BUFFERS})
+        tensors.update({name: getattr(det, name) for name in GLOBAL_BUFFERS[det.settings.score.global_density]})
     save_checkpoint(path, tensors, dict(det.config, fitted=det.fitted, fastmsfd_version=__version__))
 
 
@@ -142,6 +144,7 @@ def load_detector(cls, path: str | os.PathLike, **runtime_kwargs):
                       global_layer=config.get("global_layer"), global_backbone=config.get("global_backbone"),
                       global_weight=config.get("global_weight", DEFAULT_WEIGHT),
                       global_image_size=config.get("global_image_size"),
+                      global_density=config.get("global_density", "gaussian"),
                       resize=config.get("resize", "squash"), tile=config.get("tile"),
                       overlap=config.get("overlap", 0.25),
                       **runtime_kwargs)
@@ -159,9 +162,15 @@ def load_detector(cls, path: str | os.PathLike, **runtime_kwargs):
                 (config["backbone"], config["layers"])
             raise CheckpointError(f"{path}: {name} weights do not match backbone "
                                   f"{backbone[0]} {backbone[1]} ({str(exc)[:200]})") from None
+    score = det.settings.score
     for name in BUFFERS + (MAP_NORM_BUFFERS if det.settings.map.map_norm else ()) + \
-            (GLOBAL_BUFFERS if det.settings.score.global_layer else ()):
-        if name not in tensors or tensors[name].shape != getattr(det, name).shape:
+            (GLOBAL_BUFFERS[score.global_density] if score.global_layer else ()):
+        want = getattr(det, name).shape
+        got = tensors[name].shape if name in tensors else None
+        if name == MEMORY and got is not None and len(got) == 2 and got[0] >= 1 and got[1] == want[1]:
+            setattr(det, name, tensors[name].float().clone())
+            continue
+        if got != want:
             raise CheckpointError(f"{path}: {name} missing or of the wrong shape")
         getattr(det, name).copy_(tensors[name])
     det.threshold.fill_(float(tensors["threshold"][0]) if "threshold" in tensors else float("nan"))

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from .global_score import DEFAULT_WEIGHT
+from .global_score import DEFAULT_DENSITY, DEFAULT_WEIGHT, DENSITIES
 from .report import fmt, write_text
 from .runtimes import PRECISIONS, RUNTIMES
 
@@ -60,9 +60,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "whole image; with --tile the tiles are cut from the cropped image)")
     _add_map_norm_arg(p)
     p.add_argument("--global-layer", default=GLOBAL_LAYER_DEFAULT,
-                   help="the global branch's teacher layer (pooled features, Gaussian density, fused with the map "
-                        "score): auto (the backbone's default), a layer name or several (stage5,stage6: pooled "
-                        "side by side), or none (default: %(default)s)")
+                   help="the global branch's teacher layer (pooled features, a density of normal images, fused "
+                        "with the map score): auto (the backbone's default), a layer name or several "
+                        "(stage5,stage6: pooled side by side), or none (default: %(default)s)")
     p.add_argument("--global-backbone", default="auto",
                    help="the global branch's own teacher: auto (a larger EfficientNet-Lite for EfficientNet-Lite "
                         "maps), a backbone name, or none (the map's teacher) (default: %(default)s)")
@@ -70,6 +70,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="what the global branch sees: the whole image at about N x N pixels in the input's aspect "
                         "(one number; never more than the input), at HEIGHTxWIDTH, none: at the networks' input "
                         "(the tile's size with tiles), or auto: 192 for the Lite2 branch, else none (default: auto)")
+    p.add_argument("--global-density", choices=DENSITIES, default=DEFAULT_DENSITY,
+                   help="the global score: the distance to the nearest training image's pooled features (nearest) "
+                        "or the Mahalanobis distance to their Gaussian (gaussian) (default: %(default)s)")
     p.add_argument("--global-weight", default=GLOBAL_WEIGHT_DEFAULT,
                    help="the global score's share of the image score in [0, 1], or auto: chosen at fit time with "
                         "synthetic defects on held-out normal images (default: %(default)s)")
@@ -127,7 +130,8 @@ def _build_detector(args):
                     map_norm=_choice_or_none(args.map_norm), global_layer=_choice_or_none(args.global_layer),
                     global_weight=_global_weight(args.global_weight), resize=args.resize, tile=args.tile,
                     global_backbone=_choice_or_none(args.global_backbone),
-                    global_image_size=args.global_image_size, overlap=args.overlap)
+                    global_image_size=args.global_image_size, global_density=args.global_density,
+                    overlap=args.overlap)
 
 
 def _load_detector(path, args):

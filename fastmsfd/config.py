@@ -4,8 +4,8 @@
     network   backbone, layers, image_size, resize, tile, overlap, precision (what the networks are, what they
               see and how they compute)
     map       alpha, beta, sigma_factor, aggregate, blur_sigma, upsampling, map_norm (heatmap from features)
-    score     score_topk, global_layer, global_backbone, global_image_size, global_weight (image score: the
-              heatmap's, fused with the global branch's)
+    score     score_topk, global_layer, global_backbone, global_image_size, global_density, global_weight (image
+              score: the heatmap's, fused with the global branch's)
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .geometry import RESIZE_POLICIES
-from .global_score import DEFAULT_WEIGHT
+from .global_score import DEFAULT_WEIGHT, DENSITIES
 from .ops.reference import AGGREGATIONS, DEFAULT_SIGMA_FACTOR, UPSAMPLINGS
 from .runtimes import PRECISIONS
 
@@ -99,6 +99,8 @@ class ScoreConfig:
     # what the branch sees: the whole image at about this side squared (the input's aspect), or (height, width);
     # None: at the networks' input (the tile's size with tiles)
     global_image_size: int | tuple[int, int] | None = None
+    # the branch's density of normal pooled features; files written before the setting existed keep "gaussian"
+    global_density: str = "gaussian"
     global_weight: float = DEFAULT_WEIGHT  # the global score's share of the fused image score (docs/quality.md)
 
     def __post_init__(self):
@@ -107,6 +109,7 @@ class ScoreConfig:
             raise ValueError(f"score_topk is a fraction of the heatmap in (0, 1] or None, got {self.score_topk!r}")
         if not (isinstance(self.global_weight, (int, float)) and 0 <= self.global_weight <= 1):
             raise ValueError(f"global_weight must be in [0, 1], got {self.global_weight!r}")
+        one_of("global_density", self.global_density, DENSITIES)
         size = self.global_image_size
         if size is not None:  # an int stays a side (the input's aspect), a square (h, h) stays exact
             sides = size if isinstance(size, (list, tuple)) else (size,)

@@ -62,11 +62,13 @@ class Detector(nn.Module):
     networks' input (the tile's size with tiles), "auto" (the default) 192 for the Lite2 branch, else None.
     Sizes are rounded to the layers' stride.
 
-    Image score (docs/quality.md): the heatmap's score fused with a global branch, a Gaussian density of one
-    pooled teacher layer (global_layer; None: the map's score alone), weighted by global_weight after both are
-    standardised on held-out normal images. global_backbone="auto" gives the branch a teacher of its own
-    (EfficientNet-Lite2's stage5 and stage6 for Lite maps: better image scores, one more network per image);
-    None pools the map teacher's layer (stage7), faster.
+    Image score (docs/quality.md): the heatmap's score fused with a global branch, a density of pooled teacher
+    layers (global_layer; None: the map's score alone), weighted by global_weight after both are standardised
+    on held-out normal images. global_density="nearest" (the default) scores the distance to the nearest
+    training image's pooled features, "gaussian" the Mahalanobis distance to a Gaussian of them.
+    global_backbone="auto" gives the branch a teacher of its own (EfficientNet-Lite2's stage5 and stage6 for
+    Lite maps: better image scores, one more network per image); None pools the map teacher's layer (stage7),
+    faster.
 
     A frozen ImageNet teacher and a same-architecture student; where their features disagree, the input is
     anomalous. Fit on defect-free images only.
@@ -81,7 +83,8 @@ class Detector(nn.Module):
                  ops_backend: str = "auto", compile: bool | str = False, upsampling: str = "gaussian",
                  map_norm: str | None = "border", global_layer: str | None = "auto",
                  global_weight: float | str = global_score.DEFAULT_WEIGHT, global_backbone: str | None = "auto",
-                 global_image_size: int | tuple[int, int] | str | None = "auto", resize: str = "squash",
+                 global_image_size: int | tuple[int, int] | str | None = "auto",
+                 global_density: str = global_score.DEFAULT_DENSITY, resize: str = "squash",
                  tile: int | tuple[int, int] | None = None, overlap: float = 0.25):
         super().__init__()
         if runtime not in RUNTIMES:
@@ -99,7 +102,7 @@ class Detector(nn.Module):
         image_size = geometry.AUTO_SIDE if image_size == "auto" else image_size
         # every setting validated once, before any network is built
         self.settings = DetectorConfig.from_dict(dict(global_layer=global_layer, global_weight=global_weight,
-            global_backbone=global_backbone, global_image_size=global_image_size,
+            global_backbone=global_backbone, global_image_size=global_image_size, global_density=global_density,
             backbone=backbone, layers=tuple(layers) if layers else default_layers(backbone), image_size=image_size,
             precision=precision, random_teacher=isinstance(weights, str) and weights == "random", alpha=alpha,
             beta=beta, sigma_factor=sigma_factor, aggregate=aggregate, blur_sigma=blur_sigma, upsampling=upsampling,
@@ -140,6 +143,9 @@ class Detector(nn.Module):
             c = sum((self.global_teacher or self.teacher).channels[i] for i in self._global_index)
             self.register_buffer("global_mean", torch.zeros(c))
             self.register_buffer("global_precision", torch.eye(c))
+            # global_density="nearest": the training images' pooled features, as many rows as fit keeps; until
+            # then the origin, which scores as the Gaussian's identity does
+            self.register_buffer("global_memory", torch.zeros(1, c))
             self.register_buffer("score_stats", torch.tensor([0.0, 1.0, 0.0, 1.0]))
         self.runtime_request = runtime
         # torch.compile of the inference networks (torch runtime, eval mode): True, or a torch.compile mode such as
@@ -247,7 +253,8 @@ class Detector(nn.Module):
         thr = float(self.threshold)
         state = "fitted" if self.fitted else "not fitted"
         net, maps, score = self.settings.network, self.settings.map, self.settings.score
-        glob = f", global={score.global_layer} (weight {score.global_weight:g})" if score.global_layer else ""
+        glob = f", global={score.global_layer} ({score.global_density}, weight {score.global_weight:g})" \
+            if score.global_layer else ""
         glob += f" at {self.global_hw}" if score.global_layer and score.global_image_size is not None else ""
         geometry = "" if net.resize == "squash" else f", resize={net.resize}"
         geometry += "" if self._grid is None else f", tile={self.network_hw} x{len(self._grid)}"
@@ -427,8 +434,10 @@ class Detector(nn.Module):
         return tiling.whole_view(x, self.view_rows, self.view_cols).contiguous(memory_format=torch.channels_last)
 
     def global_scores(self, global_features: torch.Tensor) -> torch.Tensor:
-        """The global branch's score (Mahalanobis distance) of pooled global-layer features (B, C)."""
-        return global_score.mahalanobis(global_features, self.global_mean, self.global_precision)
+        """The global branch's score of pooled global-layer features (B, C): the distance to the nearest training
+        image's, or the Mahalanobis distance (global_density)."""
+        return global_score.distance(global_features, self.settings.score.global_density, self.global_mean,
+                                     self.global_precision, self.global_memory)
 
     def maps_from_features(self, t: Sequence[torch.Tensor], s: Sequence[torch.Tensor],
                            layer_weights: Sequence[float] | None = None, standardize: bool = True,

@@ -74,7 +74,8 @@ class InferenceGraph(nn.Module):
                 self.register_buffer(name, getattr(detector, name).detach().clone())
         if self.global_index is not None:
             self.global_weight = detector.settings.score.global_weight
-            for name in ("global_mean", "global_precision", "score_stats"):
+            self.global_density = detector.settings.score.global_density
+            for name in ("global_mean", "global_precision", "global_memory", "score_stats"):
                 self.register_buffer(name, getattr(detector, name).detach().clone())
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,8 +105,9 @@ class InferenceGraph(nn.Module):
                     view = view * self.global_in_scale + self.global_in_shift
                 net = self.teacher if self.global_teacher is None else self.global_teacher
                 g = global_score.pooled_layers(net(view), self.global_index)
-            score = global_score.fuse(score, global_score.mahalanobis(g, self.global_mean, self.global_precision),
-                                      self.score_stats, self.global_weight)
+            g = global_score.distance(g, self.global_density, self.global_mean, self.global_precision,
+                                      self.global_memory)
+            score = global_score.fuse(score, g, self.score_stats, self.global_weight)
         return heat, score
 
 

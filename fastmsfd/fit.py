@@ -92,7 +92,7 @@ def fit_detector(det, source, epochs: int | None, batch_size: int, lr: float, va
     if maps.map_norm:
         set_border_statistics(det, train if det.grid is None else tiling.random_crops(train, net_hw, crops))
     if det.settings.score.global_layer:
-        set_global_statistics(det, train, _scale_images(train, val, n_val))
+        set_global_statistics(det, train, val, n_val)
         if det.global_weight_request == "auto":
             choose_global_weight(det, val, seed)
     det.fitted = True
@@ -189,15 +189,24 @@ def _scale_images(train: torch.Tensor, val: torch.Tensor, n_val: int) -> torch.T
 
 
 @torch.no_grad()
-def set_global_statistics(det, train_u8: torch.Tensor, held_out_u8: torch.Tensor) -> None:
-    """The global branch: its Gaussian density from the training images' pooled features, then the mean and std
-    of the map score and of the global score on held-out normal images, which put both on one scale before
-    they are fused (global_score.fuse)."""
+def set_global_statistics(det, train_u8: torch.Tensor, held_out_u8: torch.Tensor, n_held_out: int) -> None:
+    """The global branch: its density from the training images' pooled features (their nearest-neighbour
+    memory, or a Gaussian), then the mean and std of the map score and of the global score on held-out normal
+    images (_scale_images), which put both on one scale before they are fused (global_score.fuse)."""
     pooled = torch.cat([g.float().cpu() for g in _pooled_global(det, train_u8)])
-    mean, precision = global_score.fit_density(pooled)
-    det.global_mean.copy_(mean)
-    det.global_precision.copy_(precision)
-    map_scores, global_scores = _map_and_global_scores(det, held_out_u8)
+    nearest = det.settings.score.global_density == "nearest"
+    if nearest:
+        det.global_memory = global_score.memory_bank(pooled).to(det.global_memory.device)
+    else:
+        mean, precision = global_score.fit_density(pooled)
+        det.global_mean.copy_(mean)
+        det.global_precision.copy_(precision)
+    scale_u8 = _scale_images(train_u8, held_out_u8, n_held_out)
+    map_scores, global_scores = _map_and_global_scores(det, scale_u8)
+    if nearest and (n_held_out == 0 or len(scale_u8) > len(held_out_u8)):
+        # training images among them (listed last) are in the memory and would score 0: each scores against
+        # the others instead, as a new normal image would
+        global_scores[-len(train_u8):] = global_score.leave_one_out_distance(pooled)
     stats = global_score.standardize_stats(map_scores) + global_score.standardize_stats(global_scores)
     det.score_stats.copy_(torch.tensor(stats))
 

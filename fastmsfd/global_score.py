@@ -1,7 +1,8 @@
 """The global branch: image-level evidence from the teacher's deep features, fused with the map's score.
 
-A Gaussian density of globally average-pooled teacher features at deep layers (side by side), fitted on normal images
-(Ledoit-Wolf shrunk covariance); an image's global score is its Mahalanobis distance to that density. The
+Globally average-pooled teacher features at deep layers (side by side), with a density of normal images: the
+distance to the nearest training image's pooled features (global_density="nearest", the default), or a
+Gaussian (Ledoit-Wolf shrunk covariance; "gaussian") and the Mahalanobis distance to it. The
 image score is then a weighted sum of the map score and the global score, each standardised (mean, std) on
 held-out normal images so neither dominates by scale. The heatmap stays MSFD's.
 """
@@ -17,6 +18,9 @@ DEFAULT_BACKBONES = {"efficientnet_lite0": "efficientnet_lite2", "efficientnet_l
                      "efficientnet_lite2": "efficientnet_lite2"}
 DEFAULT_LAYERS = {"efficientnet_lite0": "stage7", "efficientnet_lite1": "stage7", "efficientnet_lite2": "stage5,stage6"}
 DEFAULT_WEIGHT = 0.6
+DENSITIES = ("nearest", "gaussian")
+DEFAULT_DENSITY = "nearest"
+MAX_MEMORY = 4096  # the nearest-neighbour memory keeps at most this many training images (greedy k-centre)
 # global_image_size="auto": the side of the whole-image view a teacher of its own sees (None: the map's input)
 DEFAULT_IMAGE_SIDES = {"efficientnet_lite2": 192}
 
@@ -125,3 +129,48 @@ def fuse(map_score: torch.Tensor, global_score: torch.Tensor, stats: torch.Tenso
     z_map = (map_score.float() - stats[0]) / stats[1]
     z_glob = (global_score.float() - stats[2]) / stats[3]
     return (1 - weight) * z_map + weight * z_glob
+
+
+def memory_bank(features: torch.Tensor, max_size: int = MAX_MEMORY) -> torch.Tensor:
+    """The pooled features (N, C) the nearest-neighbour density keeps: all of them, or max_size chosen by
+    greedy k-centre (each next one the farthest from those kept), which covers the normal images' spread
+    where a random share would drop rare normal looks."""
+    x = features.float()
+    if len(x) < 2:
+        raise ValueError(f"the global branch needs at least 2 normal images, got {len(x)}")
+    if len(x) <= max_size:
+        return x.clone()
+    kept = [int((x - x.mean(0)).pow(2).sum(1).argmin())]  # start at the most typical image: deterministic
+    nearest = (x - x[kept[0]]).pow(2).sum(1)
+    for _ in range(max_size - 1):
+        kept.append(int(nearest.argmax()))
+        nearest = torch.minimum(nearest, (x - x[kept[-1]]).pow(2).sum(1))
+    return x[kept].clone()
+
+
+def nearest_distance(x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+    """(B, C) -> (B,) Euclidean distance to the nearest row of memory (M, C), as matrix products (the same
+    arithmetic in every runtime)."""
+    return _squared_distances(x.float(), memory.float()).min(dim=-1).values.clamp_min(0).sqrt()
+
+
+def leave_one_out_distance(x: torch.Tensor) -> torch.Tensor:
+    """(N, C) -> (N,) each row's distance to the nearest other row: how a memory's own images score as if
+    they were new normal images."""
+    squared = _squared_distances(x.float(), x.float())
+    squared.fill_diagonal_(float("inf"))
+    return squared.min(dim=-1).values.clamp_min(0).sqrt()
+
+
+def _squared_distances(x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+    # |x|^2 - 2 x.m + |m|^2 cancels where x lies near m: centred on the memory's mean the norms are the
+    # features' spread, not their offset (float32 here; bfloat16 matrix products in OpenVINO)
+    centre = memory.mean(dim=0)
+    x, memory = x - centre, memory - centre
+    return (x * x).sum(-1, keepdim=True) - 2 * x @ memory.T + (memory * memory).sum(-1)
+
+
+def distance(x: torch.Tensor, density: str, mean: torch.Tensor, precision: torch.Tensor,
+             memory: torch.Tensor) -> torch.Tensor:
+    """The global score of pooled features (B, C) under the branch's density."""
+    return nearest_distance(x, memory) if density == "nearest" else mahalanobis(x, mean, precision)

@@ -65,11 +65,13 @@ def test_fit_map_norm_option(model, tmp_path):
     from fastmsfd import Detector
 
     assert Detector.load(model).config["map_norm"] == "border"  # the default
+    assert Detector.load(model).config["global_density"] == "nearest"
     out = tmp_path / "raw.fastmsfd"
     train = _folder(tmp_path / "train", 6)
     assert main(["-q", "fit", str(train), "-o", str(out), "--image-size", "64", "--epochs", "1",
-                 "--map-norm", "none"]) == 0
+                 "--map-norm", "none", "--global-density", "gaussian"]) == 0
     assert Detector.load(out).config["map_norm"] is None
+    assert Detector.load(out).config["global_density"] == "gaussian"
 
 
 def test_fit_training_options_reach_the_checkpoint(model, tmp_path):

@@ -1,6 +1,7 @@
-"""The global branch (fastmsfd/global_score.py): Ledoit-Wolf density of pooled deep teacher features, Mahalanobis
-score, fusion with the map score. Checked against scikit-learn and brute force, across runtimes (ONNX Runtime,
-OpenVINO: 1e-4 of the heatmap's magnitude, scores 1e-4 relative), through checkpoints, and on bad input."""
+"""The global branch (fastmsfd/global_score.py): pooled deep teacher features, their nearest-neighbour memory or
+Ledoit-Wolf Gaussian, the distance to it, fusion with the map score. Checked against scikit-learn and brute
+force, across runtimes (ONNX Runtime, OpenVINO: 1e-4 of the heatmap's magnitude, scores 1e-4 relative), through
+checkpoints, and on bad input."""
 import warnings
 
 import numpy as np
@@ -36,6 +37,98 @@ def test_mahalanobis_is_the_brute_force_formula():
     got = global_score.mahalanobis(torch.tensor(x, dtype=torch.float32), torch.tensor(mean, dtype=torch.float32),
                                    torch.tensor(prec, dtype=torch.float32))
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("b,m,c", [(5, 7, 6), (1, 1, 3), (9, 40, 64), (4, 300, 328)])
+def test_nearest_distance_is_the_brute_force_minimum(b, m, c):
+    """The matrix-product form against pairwise differences in float64: 1e-4 relative, and absolute
+    sqrt(8 eps |x|^2) of float32, as |x|^2 - 2 x.m + |m|^2 cancels when x lies on a memory row (the last
+    query does)."""
+    g = torch.Generator().manual_seed(b * m + c)
+    memory, x = torch.randn(m, c, generator=g) * 3 + 1, torch.randn(b, c, generator=g) * 3 + 1
+    x[-1] = memory[m // 2]
+    want = (x.double()[:, None] - memory.double()[None]).norm(dim=-1).min(dim=1).values
+    got = global_score.nearest_distance(x, memory)
+    atol = cancellation_tolerance(torch.cat([x, memory]))
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=atol)
+    assert got.shape == (b,) and float(got[-1]) <= atol
+
+
+def cancellation_tolerance(rows: torch.Tensor) -> float:
+    return (8 * torch.finfo(torch.float32).eps * float(rows.pow(2).sum(1).max())) ** 0.5
+
+
+@pytest.mark.parametrize("n,c", [(2, 5), (6, 3), (50, 64)])
+def test_leave_one_out_distance_skips_only_the_row_itself(n, c):
+    x = torch.randn(n, c, generator=torch.Generator().manual_seed(n))
+    x[-1] = x[0]  # a duplicate image is a real neighbour at distance 0
+    d = (x.double()[:, None] - x.double()[None]).norm(dim=-1)
+    d.fill_diagonal_(float("inf"))
+    got = global_score.leave_one_out_distance(x)
+    atol = cancellation_tolerance(x)  # as above
+    torch.testing.assert_close(got.double(), d.min(dim=1).values, rtol=1e-4, atol=atol)
+    assert float(got[0]) <= atol and float(got[-1]) <= atol
+
+
+def test_memory_keeps_every_image_or_a_greedy_k_centre_cover():
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(200, 8, generator=g), torch.randn(3, 8, generator=g) + 20])  # 3 rare looks
+    torch.testing.assert_close(global_score.memory_bank(x, max_size=203), x)
+    kept = global_score.memory_bank(x, max_size=20)
+    assert kept.shape == (20, 8)
+    rows = [int((x - r).abs().sum(1).argmin()) for r in kept]
+    assert len(set(rows)) == 20 and {200, 201, 202} <= set(rows)  # distinct images, the rare ones kept
+    # brute-force greedy k-centre from the same start: each next row the farthest from those kept
+    want = [int((x - x.mean(0)).pow(2).sum(1).argmin())]
+    for _ in range(19):
+        d = torch.stack([(x - x[i]).pow(2).sum(1) for i in want]).min(0).values
+        want.append(int(d.argmax()))
+    assert rows == want
+    cover = lambda rows_: (x[:, None] - x[rows_][None]).norm(dim=-1).min(1).values.max()  # noqa: E731
+    random_rows = torch.randperm(203, generator=g)[:20].tolist()
+    assert cover(rows) <= cover(random_rows)
+    with pytest.raises(ValueError, match="at least 2 normal images"):
+        global_score.memory_bank(torch.randn(1, 8))
+
+
+@pytest.mark.parametrize("density", ["nearest", "gaussian"])
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_both_densities_score_alike_in_every_runtime_and_file(density, runtime, tmp_path):
+    """Random statistics stand in for a fit (a 9-row memory; a random positive definite precision)."""
+    if runtime_status()[runtime]:
+        pytest.skip(runtime_status()[runtime])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        det = Detector(image_size=SIZE, runtime="torch", weights="random", global_density=density)
+    g = torch.Generator().manual_seed(3)
+    c = det.global_mean.shape[0]
+    if density == "nearest":
+        det.global_memory = torch.randn(9, c, generator=g)
+    else:
+        a = torch.randn(c, c, generator=g) / c ** 0.5
+        det.global_mean.copy_(torch.randn(c, generator=g))
+        det.global_precision.copy_(a @ a.T + torch.eye(c))
+    det.score_stats.copy_(torch.tensor([0.5, 2.0, 3.0, 4.0]))
+    det.fitted = True
+    path = tmp_path / f"{density}.fastmsfd"
+    det.save(path)
+    x = brick_crops(3, seed=11) + [defective_crop()]
+    ref = det.predict(x)
+    with torch.no_grad():
+        feats = det.whole_image_features(det._prepare(torch.stack([torch.from_numpy(a).permute(2, 0, 1)
+                                                                   for a in x]))).double()
+        glob = det.global_scores(feats.float()).double()
+    if density == "nearest":
+        want = (feats[:, None] - det.global_memory.double()[None]).norm(dim=-1).min(dim=1).values
+    else:
+        d = feats - det.global_mean.double()
+        want = ((d @ det.global_precision.double()) * d).sum(1).sqrt()
+    torch.testing.assert_close(glob, want, rtol=1e-4, atol=1e-4)
+    again = Detector.load(path, runtime="torch")
+    assert again.settings.score.global_density == density
+    assert torch.equal(again.predict(x).scores, ref.scores)
+    other = Detector.load(path, runtime=runtime, precision="float32").predict(x)
+    torch.testing.assert_close(other.scores, ref.scores, rtol=1e-4, atol=1e-4)
 
 
 def test_few_images_shrink_and_warn_with_how_many_would_do():
@@ -231,3 +324,56 @@ def test_one_held_out_image_does_not_blow_up_the_fused_scores():
     assert m1 > 1e-3 and g1 > 1e-3  # a real spread, not the 1e-6 floor of a single image
     scores = det.predict(brick_crops(4, seed=9) + [defective_crop()]).scores
     assert scores.abs().max() < 1e3
+
+
+def test_the_memory_holds_the_training_images_and_they_score_as_new_ones():
+    """global_density="nearest": the memory is the training split's pooled features; with too few held out,
+    the training images among the scale images score leave-one-out (a 0 against themselves would shrink the
+    spread the fusion divides by)."""
+    from fastmsfd.datasets import normal_images_u8
+    from fastmsfd.fit import split_held_out
+
+    torch.manual_seed(0)
+    crops = brick_crops(8, seed=3)
+    with pytest.warns(UserWarning, match="all 8 normal images"):
+        det = Detector(image_size=SIZE, runtime="torch").fit(crops, epochs=1, progress=False)
+    train, held_out, _ = split_held_out(normal_images_u8(crops, det.input_hw), 0.1, 0)  # as fit resized them
+    with torch.no_grad():
+        pooled = det.whole_image_features(det._prepare(train))
+        held_score = det.global_scores(det.whole_image_features(det._prepare(held_out)))
+    torch.testing.assert_close(det.global_memory, pooled, rtol=1e-5, atol=1e-5)
+    assert det.global_scores(pooled).max() <= cancellation_tolerance(pooled)  # each on its own row
+    want = torch.cat([held_score, global_score.leave_one_out_distance(pooled)]).double()
+    torch.testing.assert_close(det.score_stats[2:].double(), torch.stack([want.mean(), want.std()]).float().double(),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_files_from_before_the_density_setting_keep_the_gaussian(tmp_path):
+    from fastmsfd.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        det = Detector(image_size=SIZE, runtime="torch", global_density="gaussian")
+    det.calibrate(brick_crops(4))
+    path = tmp_path / "before.fastmsfd"
+    det.save(path)
+    tensors, config = load_checkpoint(path)
+    assert "global_memory" not in tensors and "global_precision" in tensors
+    config.pop("global_density")
+    save_checkpoint(path, tensors, config)
+    old = Detector.load(path, runtime="torch")
+    assert old.settings.score.global_density == "gaussian"
+    x = brick_crops(3, seed=4)
+    assert torch.equal(old.predict(x).scores, det.predict(x).scores)
+    # a nearest-neighbour file whose memory does not match the branch's channels is refused by name
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        near = Detector(image_size=SIZE, runtime="torch", weights="random")
+    near.save(path)
+    tensors, config = load_checkpoint(path)
+    tensors["global_memory"] = torch.zeros(5, 7)
+    save_checkpoint(path, tensors, config)
+    with pytest.raises(CheckpointError, match=f"{path.name}: global_memory missing or of the wrong shape"):
+        Detector.load(path)
+    with pytest.raises(ValueError, match="global_density"):
+        Detector(image_size=SIZE, global_density="knn", weights="random")

@@ -73,6 +73,8 @@ def main() -> None:
     ap.add_argument("--image-size", default="256", help="one number, or HEIGHTxWIDTH")
     ap.add_argument("--global-image-size", default="none",
                     help="what the branch sees: none (the map's input), one number (a side) or HEIGHTxWIDTH")
+    ap.add_argument("--global-density", default="gaussian", choices=["gaussian", "nearest"],
+                    help="the branch's density (default: gaussian, which every run before the setting used)")
     ap.add_argument("--tile", default=None, help="tile size: one number, or HEIGHTxWIDTH (default: no tiles)")
     ap.add_argument("--overlap", type=float, default=0.25)
     ap.add_argument("--resize", default="squash", choices=["squash", "keep_aspect"])
@@ -93,6 +95,7 @@ def main() -> None:
     geometry = f"{short[args.backbone]}-g{short[args.global_backbone]}-{args.image_size}-{args.resize}" + \
         (f"-tile{args.tile}-{args.overlap}" if tile else "") + \
         ("" if args.global_image_size == "none" else f"-gsize{args.global_image_size}")
+    geometry += "" if args.global_density == "gaussian" else f"-{args.global_density}"
     fit_kwargs = json.loads(args.fit_kwargs)
     geometry += "".join(f"-{k}{v}" for k, v in sorted(fit_kwargs.items()))
     results = {}
@@ -109,7 +112,8 @@ def main() -> None:
                 det = Detector(backbone=args.backbone, layers=layers, image_size=image_size,
                                global_layer=args.global_layer, global_backbone=global_backbone,
                                global_weight="auto", tile=tile, overlap=args.overlap, resize=args.resize,
-                               global_image_size=_global_image_size(args.global_image_size))
+                               global_image_size=_global_image_size(args.global_image_size),
+                               global_density=args.global_density)
                 det.fit(cat.root, progress=False, **fit_kwargs)
                 fit_s = time.perf_counter() - t0
                 det.save(model)
