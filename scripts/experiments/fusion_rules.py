@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import argparse
 import warnings
-from pathlib import Path
 
 import numpy as np
-from fusion_sweep import score_category
+from fusion_sweep import add_cached_model_args, cached_category, score_category
 
 RULES = {
     **{f"weighted sum, w {w}": (lambda a, b, w=w: (1 - w) * a + w * b) for w in (0.4, 0.5, 0.6, 0.7)},
@@ -26,20 +25,15 @@ RULES = {
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("categories", nargs="+")
-    ap.add_argument("--models", required=True, help="a fusion_sweep.py --out folder")
-    ap.add_argument("--pattern", default="{name}-stage4-stage5-stage6-lite0-gauto-auto-squash-gsize192.fastmsfd",
-                    help="the cached detector's file name in --models ({name}: the dataset's folder name)")
+    add_cached_model_args(ap)
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
-    from fastmsfd import Detector, metrics
-    from fastmsfd.datasets import dev_final_split, mvtec_category
+    from fastmsfd import metrics
 
     parts = {}
     for folder in args.categories:
-        cat = mvtec_category(folder)
-        name = cat.root.parent.name
-        det = Detector.load(Path(args.models) / args.pattern.format(name=name), runtime="torch").eval()
-        parts[name] = score_category(det, dev_final_split(cat)[0].test)
+        c = cached_category(args, folder, with_images=False)
+        parts[c.name] = score_category(c.det, c.dev)
     names = sorted(parts)
     print("| rule | " + " | ".join(names) + " | mean |\n|---|" + "---|" * (len(names) + 1))
     for rule, fuse in RULES.items():

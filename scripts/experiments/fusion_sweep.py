@@ -25,6 +25,40 @@ WEIGHTS = [round(0.1 * i, 1) for i in range(11)]
 DEFAULT_WEIGHT = 0.6  # fastmsfd.global_score.DEFAULT_WEIGHT when this sweep chose it
 
 
+# the default detectors' file names in an --out folder of the --global-image-size 192 sweep (docs/quality.md)
+CACHED_PATTERN = "{name}-stage4-stage5-stage6-lite0-gauto-auto-squash-gsize192.fastmsfd"
+
+
+def add_cached_model_args(ap: argparse.ArgumentParser) -> None:
+    """--models and --pattern: for the scripts that rescore this sweep's cached detectors."""
+    ap.add_argument("--models", required=True, help="a fusion_sweep.py --out folder")
+    ap.add_argument("--pattern", default=CACHED_PATTERN,
+                    help="the cached detector's file name in --models ({name}: the dataset's folder name)")
+
+
+def cached_category(args, folder, with_images: bool = True, seed: int = 0, val_fraction: float = 0.1):
+    """A category with its cached detector: name, det, dev (development samples) and labels; with_images also
+    train_u8 and held_out_u8 (fit's seeded split of train/good, rebuilt) and dev_u8, at the detector's input."""
+    from types import SimpleNamespace
+
+    from fastmsfd import Detector
+    from fastmsfd.data import load_resized
+    from fastmsfd.datasets import dev_final_split, mvtec_category
+    from fastmsfd.fit import split_held_out
+
+    cat = mvtec_category(folder)
+    name = cat.root.parent.name
+    det = Detector.load(Path(args.models) / args.pattern.format(name=name), runtime="torch").eval()
+    dev = dev_final_split(cat)[0].test
+    out = SimpleNamespace(name=name, det=det, dev=dev, labels=np.array([s.label for s in dev]))
+    if with_images:
+        size, resize = det.input_hw, det.settings.network.resize
+        out.train_u8, out.held_out_u8, _ = split_held_out(load_resized(cat.train, size, resize=resize),
+                                                          val_fraction, seed)
+        out.dev_u8 = load_resized([s.path for s in dev], size, resize=resize)
+    return out
+
+
 def score_category(det, samples, batch: int = 16):
     from fastmsfd import metrics
     from fastmsfd.data import image_size_of, load_resized

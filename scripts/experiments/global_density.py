@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import argparse
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
+from fusion_sweep import add_cached_model_args, cached_category
 
 WEIGHTS = (0.0, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0)
 
@@ -54,29 +54,19 @@ def global_scores(det, memory: torch.Tensor, part: dict) -> dict[str, np.ndarray
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("categories", nargs="+")
-    ap.add_argument("--models", required=True, help="a fusion_sweep.py --out folder (Gaussian branches)")
-    ap.add_argument("--pattern", default="{name}-stage4-stage5-stage6-lite0-gauto-auto-squash-gsize192.fastmsfd",
-                    help="the cached detector's file name in --models ({name}: the dataset's folder name)")
+    add_cached_model_args(ap)  # detectors with the Gaussian branch
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
-    from fastmsfd import Detector, metrics
-    from fastmsfd.data import load_resized
-    from fastmsfd.datasets import dev_final_split, mvtec_category
-    from fastmsfd.fit import split_held_out
+    from fastmsfd import metrics
 
     rows: dict[tuple[str, float], list[float]] = {}
     names = []
     for folder in args.categories:
-        cat = mvtec_category(folder)
-        name = cat.root.parent.name
+        c = cached_category(args, folder)
+        name, det, dev, labels, train_u8, held_out_u8 = c.name, c.det, c.dev, c.labels, c.train_u8, c.held_out_u8
         names.append(name)
-        det = Detector.load(Path(args.models) / args.pattern.format(name=name), runtime="torch").eval()
-        resize = det.settings.network.resize
-        train_u8, held_out_u8, _ = split_held_out(load_resized(cat.train, det.input_hw, resize=resize), 0.1, 0)
-        dev = dev_final_split(cat)[0].test
-        labels = np.array([s.label for s in dev])
         train, normal = features(det, train_u8), features(det, held_out_u8)
-        part = features(det, load_resized([s.path for s in dev], det.input_hw, resize=resize))
+        part = features(det, c.dev_u8)
         z = lambda d, n: (d - n.mean(0)) / n.std(0, ddof=1)  # noqa: E731
         z_map = z(part["map"], normal["map"])
         scores = {k: z(v, n) for (k, v), n in zip(global_scores(det, train["pooled"], part).items(),

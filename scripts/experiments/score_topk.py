@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
+from fusion_sweep import add_cached_model_args, cached_category
 
 WEIGHTS = (0.0, 0.4, 0.5, 0.6, 0.7, 1.0)
 
@@ -32,36 +32,25 @@ def heat_and_global(det, images_u8: torch.Tensor, batch: int = 16) -> tuple[torc
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("categories", nargs="+")
-    ap.add_argument("--models", required=True, help="a fusion_sweep.py --out folder")
-    ap.add_argument("--pattern", default="{name}-stage4-stage5-stage6-lite0-gauto-auto-squash-gsize192.fastmsfd",
-                    help="the cached detector's file name in --models ({name}: the dataset's folder name)")
+    add_cached_model_args(ap)
     ap.add_argument("--topk", default="0,0.001,0.003,0.01,0.03,0.1,0.3",
                     help="fractions of the heatmap; 0 is its maximum (the default is 0.01)")
     ap.add_argument("--seed", type=int, default=0, help="fit's seed (the held-out split)")
     ap.add_argument("--val-fraction", type=float, default=0.1, help="fit's held-out share")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
-    from fastmsfd import Detector, metrics
-    from fastmsfd.data import load_resized
-    from fastmsfd.datasets import dev_final_split, mvtec_category
-    from fastmsfd.fit import split_held_out
+    from fastmsfd import metrics
     from fastmsfd.ops import reference
 
     fractions = [float(v) for v in args.topk.split(",")]
     rows: dict[tuple[float, float], list[float]] = {}
     names = []
     for folder in args.categories:
-        cat = mvtec_category(folder)
-        name = cat.root.parent.name
+        c = cached_category(args, folder, seed=args.seed, val_fraction=args.val_fraction)
+        name, det, dev, labels, held_out_u8 = c.name, c.det, c.dev, c.labels, c.held_out_u8
         names.append(name)
-        det = Detector.load(Path(args.models) / args.pattern.format(name=name), runtime="torch").eval()
-        resize = det.settings.network.resize
-        train_u8 = load_resized(cat.train, det.input_hw, resize=resize)
-        _, held_out_u8, _ = split_held_out(train_u8, args.val_fraction, args.seed)
-        dev = dev_final_split(cat)[0].test
-        labels = np.array([s.label for s in dev])
         heat_n, glob_n = heat_and_global(det, held_out_u8)
-        heat_d, glob_d = heat_and_global(det, load_resized([s.path for s in dev], det.input_hw, resize=resize))
+        heat_d, glob_d = heat_and_global(det, c.dev_u8)
         z_glob = (glob_d - glob_n.mean()) / glob_n.std(ddof=1)
         m_default = reference.image_score(heat_n, det.settings.score.score_topk).double()
         rebuilt = [float(m_default.mean()), float(m_default.std()), float(glob_n.mean()), float(glob_n.std(ddof=1))]
