@@ -39,14 +39,16 @@ def test_mahalanobis_is_the_brute_force_formula():
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("b,m,c", [(5, 7, 6), (1, 1, 3), (9, 40, 64), (4, 300, 328)])
-def test_nearest_distance_is_the_brute_force_minimum(b, m, c):
-    """The matrix-product form against pairwise differences in float64: 1e-4 relative, and absolute
-    sqrt(8 eps |x|^2) of float32, as |x|^2 - 2 x.m + |m|^2 cancels when x lies on a memory row (the last
-    query does)."""
+def test_nearest_distance_is_the_brute_force_minimum(b, m, c, dtype):
+    """The matrix-product form against pairwise differences in float64 of the same (rounded) inputs: 1e-4
+    relative, and absolute sqrt(8 eps |x|^2) of float32, the precision it computes in whatever the input's, as
+    |x|^2 - 2 x.m + |m|^2 cancels when x lies on a memory row (the last query does)."""
     g = torch.Generator().manual_seed(b * m + c)
     memory, x = torch.randn(m, c, generator=g) * 3 + 1, torch.randn(b, c, generator=g) * 3 + 1
     x[-1] = memory[m // 2]
+    memory, x = memory.to(dtype), x.to(dtype)
     want = (x.double()[:, None] - memory.double()[None]).norm(dim=-1).min(dim=1).values
     got = global_score.nearest_distance(x, memory)
     atol = cancellation_tolerance(torch.cat([x, memory]))
