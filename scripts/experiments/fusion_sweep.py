@@ -60,10 +60,7 @@ def cached_category(args, folder, with_images: bool = True, seed: int = 0, val_f
 
 
 def score_category(det, samples, batch: int = 16):
-    from fastmsfd import metrics
-    from fastmsfd.data import image_size_of, load_resized
-    from fastmsfd.evaluate import mask_at, read_sample_mask
-    from fastmsfd.geometry import content_box
+    from fastmsfd.data import load_resized
     from fastmsfd.global_score import fuse
 
     S, resize = det.input_hw, det.settings.network.resize
@@ -83,12 +80,21 @@ def score_category(det, samples, batch: int = 16):
     out = {"labels": labels, "defects": [s.defect for s in samples], "z_map": torch.cat(z_map).numpy(),
            "z_glob": torch.cat(z_glob).numpy(), "images_per_s": len(samples) / seconds}
     if any(s.mask_path for s in samples):
-        boxes = [content_box(image_size_of(s.path), S, resize) for s in samples]
-        heat = [h[t:t + bh, lf:lf + bw] for h, (t, lf, bh, bw) in zip(heat, boxes)]  # keep_aspect: the image only
-        masks = [mask_at(read_sample_mask(s), b[2:]) for s, b in zip(samples, boxes)]
-        out["pixel_auroc"] = metrics.pixel_auroc(masks, heat)
-        out["aupro"] = metrics.aupro(masks, heat)
+        out.update(localisation(samples, heat, S, resize))
     return out
+
+
+def localisation(samples, heat, size, resize: str) -> dict:
+    """Pixel AUROC and AUPRO of heatmaps (N, H, W) at the network's input size against the samples' masks."""
+    from fastmsfd import metrics
+    from fastmsfd.data import image_size_of
+    from fastmsfd.evaluate import mask_at, read_sample_mask
+    from fastmsfd.geometry import content_box
+
+    boxes = [content_box(image_size_of(s.path), size, resize) for s in samples]
+    heat = [h[t:t + bh, lf:lf + bw] for h, (t, lf, bh, bw) in zip(heat, boxes)]  # keep_aspect: the image only
+    masks = [mask_at(read_sample_mask(s), b[2:]) for s, b in zip(samples, boxes)]
+    return {"pixel_auroc": metrics.pixel_auroc(masks, heat), "aupro": metrics.aupro(masks, heat)}
 
 
 def auroc_at(part, w):
