@@ -20,7 +20,9 @@ from .errors import CheckpointError
 from .global_score import DEFAULT_WEIGHT
 
 FORMAT = "fastmsfd"
-FORMAT_VERSION = 1
+# 2: a detector that uses settings added after version 1 (which version-1 readers ignore, scoring differently
+# without an error); files that use none of them are still written as version 1, so older readers keep them
+FORMAT_VERSION = 2
 
 
 @contextlib.contextmanager
@@ -59,11 +61,12 @@ def _digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> None:
+def save_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor], config: dict[str, Any],
+                    format_version: int = FORMAT_VERSION) -> None:
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "fastmsfd_version": __version__,
+    meta = {"format": FORMAT, "format_version": str(format_version), "fastmsfd_version": __version__,
             "config": json.dumps(config), "sha256": _digest(tensors)}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
@@ -110,6 +113,20 @@ MAP_NORM_BUFFERS = ("map_mean", "map_std")
 GLOBAL_BUFFERS = {"gaussian": ("global_mean", "global_precision", "score_stats"),
                   "nearest": ("global_memory", "score_stats")}  # by global_density
 MEMORY = "global_memory"  # its number of rows is fit's to choose
+# settings added after format version 1, each with what a file without it means (what version 1 computed)
+LATER_SETTINGS = {"upsampling": "gaussian", "map_norm": None, "global_layer": None, "global_backbone": None,
+                  "global_weight": DEFAULT_WEIGHT, "global_image_size": None, "global_density": "gaussian",
+                  "resize": "squash", "tile": None, "overlap": 0.25}
+VERSION_1_SETTINGS = ("upsampling", "map_norm", "global_layer", "resize", "tile")  # the rest refine these two
+
+
+def format_version_of(config: dict[str, Any]) -> int:
+    """1 when a version-1 reader would compute what this detector computes (a square image size and none of the
+    later settings in use), else 2: an older fastmsfd then says "upgrade" instead of silently scoring the map
+    alone, without tiles or squashed."""
+    plain = isinstance(config.get("image_size"), int) and all(
+        config.get(k, LATER_SETTINGS[k]) == LATER_SETTINGS[k] for k in VERSION_1_SETTINGS)
+    return 1 if plain else 2
 
 
 def save_detector(det, path: str | os.PathLike) -> None:
@@ -123,7 +140,8 @@ def save_detector(det, path: str | os.PathLike) -> None:
         tensors.update({name: getattr(det, name) for name in MAP_NORM_BUFFERS})
     if det.settings.score.global_layer:
         tensors.update({name: getattr(det, name) for name in GLOBAL_BUFFERS[det.settings.score.global_density]})
-    save_checkpoint(path, tensors, dict(det.config, fitted=det.fitted, fastmsfd_version=__version__))
+    config = dict(det.config, fitted=det.fitted, fastmsfd_version=__version__)
+    save_checkpoint(path, tensors, config, format_version_of(config))
 
 
 def load_detector(cls, path: str | os.PathLike, **runtime_kwargs):
@@ -137,17 +155,9 @@ def load_detector(cls, path: str | os.PathLike, **runtime_kwargs):
     try:
         with warnings.catch_warnings():  # random init is immediately overwritten by the file's weights
             warnings.simplefilter("ignore")
-            # files written before map_norm existed scored the raw heatmap: they keep doing so
-            # files written before the global branch existed score the map alone: they keep doing so
+            # a file without a later setting keeps what version 1 computed (raw heatmap, map score alone, ...)
             det = cls(**{k: config[k] for k in REQUIRED_SETTINGS}, weights="random", device="cpu",
-                      upsampling=config.get("upsampling", "gaussian"), map_norm=config.get("map_norm"),
-                      global_layer=config.get("global_layer"), global_backbone=config.get("global_backbone"),
-                      global_weight=config.get("global_weight", DEFAULT_WEIGHT),
-                      global_image_size=config.get("global_image_size"),
-                      global_density=config.get("global_density", "gaussian"),
-                      resize=config.get("resize", "squash"), tile=config.get("tile"),
-                      overlap=config.get("overlap", 0.25),
-                      **runtime_kwargs)
+                      **{k: config.get(k, fallback) for k, fallback in LATER_SETTINGS.items()}, **runtime_kwargs)
     except ValueError as exc:
         raise CheckpointError(f"{path}: configuration not usable by this fastmsfd ({exc})") from None
     networks = [("teacher", det.teacher), ("student", det.student)]

@@ -139,6 +139,45 @@ def test_newer_format_version_is_refused(tmp_path):
         load_checkpoint(path)
 
 
+LATER_SETTINGS_IN_USE = {"map_norm": dict(map_norm="border"),
+                         "global branch": dict(global_layer="stage7", global_backbone=None),
+                         "rectangle": dict(image_size=(SIZE, 2 * SIZE)), "keep_aspect": dict(resize="keep_aspect"),
+                         "tiles": dict(image_size=2 * SIZE, tile=SIZE), "bilinear": dict(upsampling="bilinear")}
+
+
+@pytest.mark.parametrize("what", [None, *LATER_SETTINGS_IN_USE])
+def test_older_readers_refuse_files_they_would_misread(what, tmp_path, monkeypatch):
+    """A version-1 reader ignores settings added later, so it would score such a file differently without an
+    error: those files are version 2, which it refuses; a file using none of them stays version 1 and loads."""
+    from safetensors import safe_open
+
+    from fastmsfd import checkpoint
+
+    kw = dict(image_size=SIZE, layers=("stage2", "stage3"), weights="random", map_norm=None, global_layer=None)
+    det = Detector(**{**kw, **LATER_SETTINGS_IN_USE.get(what, {})})
+    path = tmp_path / "m.fastmsfd"
+    det.save(path)
+    with safe_open(str(path), "pt") as f:
+        written = f.metadata()["format_version"]
+    assert written == ("1" if what is None else "2")
+    monkeypatch.setattr(checkpoint, "FORMAT_VERSION", 1)  # the reader of a fastmsfd before version 2
+    if what is None:
+        assert Detector.load(path).config["image_size"] == SIZE
+    else:
+        with pytest.raises(CheckpointError, match="upgrade fastmsfd") as err:
+            Detector.load(path)
+        assert str(path) in str(err.value)
+
+
+def test_files_without_later_settings_are_version_1():
+    from fastmsfd.checkpoint import LATER_SETTINGS, format_version_of
+
+    old = {"backbone": "efficientnet_lite0", "image_size": 256}  # a file from before every later setting
+    assert format_version_of(old) == 1 and format_version_of({**old, **LATER_SETTINGS}) == 1
+    assert format_version_of({**old, "global_layer": "stage6"}) == 2
+    assert format_version_of({**old, "image_size": [256, 128]}) == 2
+
+
 def test_checkpoint_for_another_backbone_is_refused(fitted, tmp_path):
     path = tmp_path / "m.fastmsfd"
     fitted.save(path)
