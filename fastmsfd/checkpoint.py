@@ -117,7 +117,8 @@ MEMORY = "global_memory"  # its number of rows is fit's to choose
 LATER_SETTINGS = {"upsampling": "gaussian", "map_norm": None, "global_layer": None, "global_backbone": None,
                   "global_weight": DEFAULT_WEIGHT, "global_image_size": None, "global_density": "gaussian",
                   "resize": "squash", "tile": None, "overlap": 0.25}
-VERSION_1_SETTINGS = ("upsampling", "map_norm", "global_layer", "resize", "tile")  # the rest refine these two
+# the ones that change what a detector computes; the others only refine global_layer and tile
+MISREAD_BY_VERSION_1 = ("upsampling", "map_norm", "global_layer", "resize", "tile")
 
 
 def format_version_of(config: dict[str, Any]) -> int:
@@ -125,7 +126,7 @@ def format_version_of(config: dict[str, Any]) -> int:
     later settings in use), else 2: an older fastmsfd then says "upgrade" instead of silently scoring the map
     alone, without tiles or squashed."""
     plain = isinstance(config.get("image_size"), int) and all(
-        config.get(k, LATER_SETTINGS[k]) == LATER_SETTINGS[k] for k in VERSION_1_SETTINGS)
+        config.get(k, LATER_SETTINGS[k]) == LATER_SETTINGS[k] for k in MISREAD_BY_VERSION_1)
     return 1 if plain else 2
 
 
