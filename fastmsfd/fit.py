@@ -177,15 +177,18 @@ def set_border_statistics(det, images_u8: torch.Tensor) -> None:
     det.map_std.copy_(std)
 
 
-def _scale_images(train: torch.Tensor, val: torch.Tensor, n_val: int) -> torch.Tensor:
-    """The normal images whose scores set the fusion's scales: the held-out ones, or all of them (with a
-    warning) when too few are held out to have a spread (one image's std would blow the fused scores up)."""
-    if n_val == 0 or n_val >= MIN_HELD_OUT_FOR_SCALES:  # n_val 0: every image is already both
-        return val
+def _scale_images(train: torch.Tensor, val: torch.Tensor, n_val: int) -> tuple[torch.Tensor, bool]:
+    """(the normal images whose scores set the fusion's scales, whether the training images are among them,
+    listed last): the held-out ones, or all of them (with a warning) when too few are held out to have a
+    spread (one image's std would blow the fused scores up)."""
+    if n_val == 0:  # every image is already both
+        return val, True
+    if n_val >= MIN_HELD_OUT_FOR_SCALES:
+        return val, False
     warnings.warn(f"the global branch: {n_val} held-out normal image(s) cannot measure the spread of the scores it "
                   f"fuses; using all {n_val + len(train)} normal images (the training ones score a little low). "
                   "About 30 or more normal images (10% held out) would avoid this.", stacklevel=4)
-    return torch.cat([val, train])
+    return torch.cat([val, train]), True
 
 
 @torch.no_grad()
@@ -201,9 +204,9 @@ def set_global_statistics(det, train_u8: torch.Tensor, held_out_u8: torch.Tensor
         mean, precision = global_score.fit_density(pooled)
         det.global_mean.copy_(mean)
         det.global_precision.copy_(precision)
-    scale_u8 = _scale_images(train_u8, held_out_u8, n_held_out)
+    scale_u8, with_train = _scale_images(train_u8, held_out_u8, n_held_out)
     map_scores, global_scores = _map_and_global_scores(det, scale_u8)
-    if nearest and (n_held_out == 0 or len(scale_u8) > len(held_out_u8)):
+    if nearest and with_train:
         # training images among them (listed last) are in the memory and would score 0: each scores against
         # the others instead, as a new normal image would
         global_scores[-len(train_u8):] = global_score.leave_one_out_distance(pooled)
