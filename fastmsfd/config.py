@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .geometry import RESIZE_POLICIES
-from .global_score import DEFAULT_WEIGHT, DENSITIES
+from .global_score import DEFAULT_DENSITY, DEFAULT_WEIGHT, DENSITIES
 from .ops.reference import AGGREGATIONS, DEFAULT_SIGMA_FACTOR, UPSAMPLINGS
 from .runtimes import PRECISIONS
 
@@ -99,8 +99,9 @@ class ScoreConfig:
     # what the branch sees: the whole image at about this side squared (the input's aspect), or (height, width);
     # None: at the networks' input (the tile's size with tiles)
     global_image_size: int | tuple[int, int] | None = None
-    # the branch's density of normal pooled features; files written before the setting existed keep "gaussian"
-    global_density: str = "gaussian"
+    # the branch's density of normal pooled features (global_score.py); files written before the setting existed
+    # mean checkpoint.LATER_SETTINGS' "gaussian"
+    global_density: str = DEFAULT_DENSITY
     global_weight: float = DEFAULT_WEIGHT  # the global score's share of the fused image score (docs/quality.md)
 
     def __post_init__(self):

@@ -11,6 +11,7 @@ Test labels only report the result.
 from __future__ import annotations
 
 import argparse
+import sys
 import warnings
 from pathlib import Path
 
@@ -28,6 +29,9 @@ def main() -> None:
     ap.add_argument("--bank", type=int, default=50_000)
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
+    sys.path.insert(0, str(Path(__file__).parent))
+    from pixel_ceiling import nearest_cell_distance
+
     from fastmsfd import Detector, metrics
     from fastmsfd.data import load_resized
     from fastmsfd.datasets import mvtec_category
@@ -60,10 +64,7 @@ def main() -> None:
         if len(bank) > args.bank:
             bank = bank[torch.randperm(len(bank), generator=torch.Generator().manual_seed(0))[:args.bank]]
         q = t.permute(0, 2, 3, 1).reshape(-1, C)
-        # squared distances through one matrix product per chunk (chunks keep the (chunk, bank) matrix small)
-        b2 = (bank * bank).sum(1)
-        d = torch.cat([((q[j:j + 1024] * q[j:j + 1024]).sum(1, keepdim=True) + b2 - 2 * q[j:j + 1024] @ bank.T)
-                       .min(1).values.clamp_min(0).sqrt() for j in range(0, len(q), 1024)])
+        d = nearest_cell_distance(q, bank, chunk=1024)
         score = reference.image_score(d.reshape(t.shape[0], *t.shape[2:]), 0.01).numpy()
         per = [metrics.image_auroc(labels[(kinds == k) | (kinds == "good")], score[(kinds == k) | (kinds == "good")])
                for k in sorted(set(kinds)) if k != "good"]
