@@ -5,6 +5,10 @@ weight) setting gets a synthetic AUROC. Then compare with the real development p
 the two over all settings, and the development AUROC of the setting the synthetic defects would pick against
 that of the fixed default (stage4-6, w 0.4). No final-part labels are read.
 
+Besides the demo's defects (--strengths), --coherent adds two texture-coherent kinds made from the part's own
+normal images: "cutpaste" (a patch of another held-out image, flipped or rotated, pasted in through a soft blob)
+and "blob" (a broad, smooth region 10-30% brighter or darker, like MTD's "uneven").
+
     .venv/bin/python scripts/experiments/synthetic_selection.py /tmp/fusion \\
         ../shared/data/mtd/magnetic_tile ../shared/data/kolektorsdd/commutator ../shared/data/elpv/solar_cell_mono
 """
@@ -35,12 +39,54 @@ def table(labels, zm, zg) -> dict[float, float]:
     return {w: metrics.auroc(labels, (1 - w) * zm + w * zg) for w in WEIGHTS}
 
 
+def _soft_blob(rng: np.random.Generator, h: int, w: int, side: float) -> np.ndarray:
+    """A smooth random blob of about side x side pixels at a random place, values in [0, 1]: a thresholded,
+    blurred noise field, blurred again so the edge is soft."""
+    from scipy.ndimage import gaussian_filter
+
+    noise = gaussian_filter(rng.standard_normal((h, w)), side / 4)
+    cy, cx = rng.integers(0, h), rng.integers(0, w)
+    yy, xx = np.mgrid[:h, :w]
+    window = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (side / 2) ** 2))
+    field = window * (1 + noise / (noise.std() + 1e-8))
+    blob = (field > 0.5).astype(np.float32)
+    return np.clip(gaussian_filter(blob, max(1.0, side / 16)), 0, 1)
+
+
+def coherent_anomalies(images_u8: torch.Tensor, kind: str, seed: int, per_image: int = 2) -> torch.Tensor:
+    """Copies of each image with a texture-coherent defect: "cutpaste" or "blob" (module docstring)."""
+    rng = np.random.default_rng(seed)
+    imgs = images_u8.float().numpy() / 255.0  # (N, C, H, W)
+    n, _, h, w = imgs.shape
+    out = []
+    for i in range(n):
+        for _ in range(per_image):
+            side = float(rng.uniform(0.12, 0.3) * min(h, w))
+            alpha = _soft_blob(rng, h, w, side)
+            while alpha.max() < 0.5:  # a blob that fell off the image: draw again
+                alpha = _soft_blob(rng, h, w, side)
+            if kind == "cutpaste":
+                j = int(rng.integers(0, n - 1)) if n > 1 else 0
+                j += j >= i and n > 1
+                src = np.rot90(imgs[j], k=int(rng.integers(1, 4)), axes=(1, 2)) if h == w else imgs[j][:, ::-1, ::-1]
+                shift = (int(rng.integers(0, h)), int(rng.integers(0, w)))
+                target = np.roll(src, shift, axis=(1, 2))
+            elif kind == "blob":
+                target = imgs[i] * (1 + rng.choice([-1, 1]) * rng.uniform(0.1, 0.3))
+            else:
+                raise ValueError(kind)
+            bad = imgs[i] * (1 - alpha) + alpha * target
+            out.append(torch.from_numpy((np.clip(bad, 0, 1) * 255).round().astype(np.uint8)))
+    return torch.stack(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("models", help="folder of fusion_sweep.py models: <dataset>-<layers>[-<geometry>].fastmsfd")
     ap.add_argument("categories", nargs="+")
     ap.add_argument("--strengths", default="1.0,0.3,0.15")
     ap.add_argument("--geometry", default="", help="the models' geometry suffix, e.g. -256-squash")
+    ap.add_argument("--coherent", action="store_true", help="also the cutpaste and blob kinds (docstring)")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     from scipy.stats import spearmanr
@@ -50,7 +96,9 @@ def main() -> None:
     from fastmsfd.datasets import dev_final_split, mvtec_category, training_paths
     from fastmsfd.fit import split_held_out, synthetic_anomalies
 
-    strengths = [float(s) for s in args.strengths.split(",")]
+    kinds = {f"strength {float(s)}": float(s) for s in args.strengths.split(",") if s}
+    if args.coherent:
+        kinds.update({"cutpaste": "cutpaste", "blob": "blob"})
     lines = ["| dataset | defects | Spearman (synthetic vs dev, 22 settings) | synthetic pick | its dev AUROC | "
              "weight only (stage4-6): pick, dev AUROC | default's dev AUROC | best dev AUROC |",
              "|---|---|---|---|---|---|---|---|"]
@@ -58,7 +106,7 @@ def main() -> None:
         cat = mvtec_category(folder)
         name = cat.root.parent.name
         dev, _ = dev_final_split(cat)
-        dev_auc, syn_auc = {}, {s: {} for s in strengths}
+        dev_auc, syn_auc = {}, {k: {} for k in kinds}
         for ls in LAYER_SETS:
             det = Detector.load(Path(args.models) / f"{name}-{ls}{args.geometry}.fastmsfd", runtime="torch").eval()
             S = det.input_hw
@@ -69,14 +117,15 @@ def main() -> None:
             train = load_resized(training_paths(cat.root), S, resize=det.settings.network.resize)
             _, held_out, _ = split_held_out(train, 0.1, 0)          # fit's own split (seed 0, 10%)
             normal = z_scores(det, held_out)
-            for s in strengths:
-                bad = z_scores(det, synthetic_anomalies(held_out, seed=1, strength=s))
+            for s, how in kinds.items():
+                bad = z_scores(det, synthetic_anomalies(held_out, seed=1, strength=how) if isinstance(how, float)
+                               else coherent_anomalies(held_out, how, seed=1))
                 lab = np.r_[np.zeros(len(normal[0])), np.ones(len(bad[0]))]
                 for w, a in table(lab, np.r_[normal[0], bad[0]], np.r_[normal[1], bad[1]]).items():
                     syn_auc[s][(ls, w)] = a
         keys = sorted(dev_auc)
         best_dev = max(dev_auc.values())
-        for s in strengths:
+        for s in kinds:
             rho = spearmanr([syn_auc[s][k] for k in keys], [dev_auc[k] for k in keys]).correlation
             # ties go to the default, then to the weight nearest the default's (as fit.choose_global_weight)
             def rule(k):
@@ -84,11 +133,11 @@ def main() -> None:
 
             pick = max(keys, key=rule)
             w_pick = max([k for k in keys if k[0] == DEFAULT[0]], key=rule)  # what global_weight="auto" does
-            lines.append(f"| {name} | strength {s} (AUROC {min(syn_auc[s].values()):.3f}-"
+            lines.append(f"| {name} | {s} (AUROC {min(syn_auc[s].values()):.3f}-"
                          f"{max(syn_auc[s].values()):.3f}) | {rho:.2f} | {pick[0]}, w {pick[1]} | "
                          f"{dev_auc[pick]:.4f} | w {w_pick[1]}, {dev_auc[w_pick]:.4f} | {dev_auc[DEFAULT]:.4f} | "
                          f"{best_dev:.4f} |")
-        print("\n".join(lines[-len(strengths):]), flush=True)
+        print("\n".join(lines[-len(kinds):]), flush=True)
     print("\n".join(lines))
 
 
