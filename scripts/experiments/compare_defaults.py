@@ -4,6 +4,7 @@
     .venv/bin/python scripts/experiments/compare_defaults.py --data ../shared/data/mtd --max-train 200 \
         --variants default,max
     .venv/bin/python scripts/experiments/compare_defaults.py --epochs 40 --seeds 0,1,2 --variants "default,lr 3e-3"
+    .venv/bin/python scripts/experiments/compare_defaults.py --image-size auto --epochs 0 --variants default
 
 Each row: one variant fitted and evaluated per category with the same seed; with --seeds, one row per seed and
 then the mean (and range) over the seeds, since one seed can move a texture's image AUROC by 0.2
@@ -37,6 +38,9 @@ VARIANTS = {
     # the naive STPM-style recipe: same teacher, cosine-only loss and map, bilinear up-sampling, product of the
     # layers, maximum as the image score
     "STPM-style baseline": {"alpha": 0.0, "upsampling": "bilinear", "aggregate": "product", "score_topk": None},
+    # the global branch of the defaults (docs/quality.md, "The demo")
+    "map score only": {"global_layer": None},
+    "global weight auto": {"global_weight": "auto"},
     # training recipe (keyword arguments of fit under "fit")
     "SGD lr 0.4 (STPM recipe)": {"fit": {"optimizer": "sgd", "lr": 0.4, "weight_decay": 1e-4}},
     "AdamW wd 1e-2": {"fit": {"optimizer": "adamw", "weight_decay": 1e-2}},
@@ -64,6 +68,10 @@ def categories(data: Path) -> list[Path]:
     if not cats:
         sys.exit(f"{data}: no MVTec-layout category (a folder with train/good) found")
     return cats
+
+
+def image_size(text: str) -> int | str:
+    return text if text == "auto" else int(text)
 
 
 def _mean(values: list) -> float | None:
@@ -96,7 +104,8 @@ def main() -> None:
     ap.add_argument("--data", help="MVTec-layout category or root (default: build the demo textures)")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names from: " +
                     ", ".join(VARIANTS))
-    ap.add_argument("--image-size", type=int, default=128)
+    ap.add_argument("--image-size", type=image_size, default=128, help="a side in pixels, or auto (the library's "
+                    "default: the training images' aspect at about 256x256)")
     ap.add_argument("--epochs", type=int, default=20, help="at most this many epochs; 0: the library's default "
                     "length (about 3,000 training images seen)")
     ap.add_argument("--max-train", type=int, default=0, help="use at most this many training images (0: all)")
