@@ -142,6 +142,10 @@ def main() -> None:
             label = f"{name} (seed {seed})" if len(seeds) > 1 else name
             print(f"| {label} | {cat.name} | {m['image_auroc']:.3f} | {m['pixel_auroc']:.3f} | {m['aupro']:.3f} | "
                   f"{fit_s:.0f} |", flush=True)
+            choice = det.info.get("global_weight_choice")
+            if choice:  # global_weight="auto": what it kept and the synthetic AUROC it saw per weight
+                print(f"<!-- {cat.name}: global_weight auto kept {choice['weight']} ({choice['n_normal']} normal, "
+                      f"{choice['n_synthetic']} synthetic): {choice['synthetic_auroc']} -->", flush=True)
     if len(seeds) > 1:
         print_seed_summary(rows, len(seeds))
     if args.json:
