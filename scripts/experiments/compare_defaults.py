@@ -70,10 +70,6 @@ def categories(data: Path) -> list[Path]:
     return cats
 
 
-def image_size(text: str) -> int | str:
-    return text if text == "auto" else int(text)
-
-
 def _mean(values: list) -> float | None:
     return None if None in values else sum(values) / len(values)
 
@@ -100,12 +96,14 @@ def print_seed_summary(rows: list[dict], n_seeds: int) -> None:
 
 
 def main() -> None:
+    from fastmsfd.cli import _image_size
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", help="MVTec-layout category or root (default: build the demo textures)")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names from: " +
                     ", ".join(VARIANTS))
-    ap.add_argument("--image-size", type=image_size, default=128, help="a side in pixels, or auto (the library's "
-                    "default: the training images' aspect at about 256x256)")
+    ap.add_argument("--image-size", type=_image_size, default=128, help="a side in pixels, HEIGHTxWIDTH, or auto (the "
+                    "library's default: the training images' aspect at about 256x256)")
     ap.add_argument("--epochs", type=int, default=20, help="at most this many epochs; 0: the library's default "
                     "length (about 3,000 training images seen)")
     ap.add_argument("--max-train", type=int, default=0, help="use at most this many training images (0: all)")
