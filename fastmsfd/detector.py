@@ -198,7 +198,9 @@ class Detector(nn.Module):
 
     def _global_view_size(self) -> tuple[int, int]:
         size = self.settings.score.global_image_size
-        if size is None or self._global_index is None:
+        if self._global_index is None:  # no branch: nothing to view (no view matrices to build or export)
+            return self.input_hw
+        if size is None:
             return self.network_hw
         stride = max((self.global_teacher or self.teacher).backbone.strides[i] for i in self._global_index)
         if isinstance(size, int):  # about size x size pixels at the input's aspect, never more than the input

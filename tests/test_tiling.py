@@ -153,6 +153,22 @@ def test_tile_larger_than_image_size_runs_whole():
     assert det.grid is None and det.network_hw == (64, 64) and det.map_mean.shape == (64, 64)
 
 
+def test_tiled_detector_without_global_branch_builds_no_whole_image_view():
+    det = Detector(image_size=CANVAS, tile=TILE, weights="random", layers=["stage2"], global_layer=None).eval()
+    assert det.grid is not None and det.global_hw == CANVAS and not det._view_resized
+    assert det.view_rows.numel() == 1 and det.view_cols.numel() == 1   # no resize matrices for a branch it lacks
+    from fastmsfd.export import InferenceGraph
+
+    graph = InferenceGraph(det).eval()
+    assert not graph.global_view and not hasattr(graph, "view_rows")
+    images = _gravel(2, 7, True)
+    with torch.no_grad():
+        heat, score = graph(images)
+    want = det.predict(images)
+    assert heat.shape == (2, *CANVAS)
+    torch.testing.assert_close(score, want.scores, rtol=1e-4, atol=1e-4)
+
+
 def test_every_op_backend_stitches_the_same_heatmap(tiled):
     """Tiles through each op backend available here (reference, cpp; triton under the interpreter) against the
     reference: heatmaps within 1e-4 of their scale, scores within 1e-4."""
