@@ -9,6 +9,15 @@ Besides the demo's defects (--strengths), --coherent adds two texture-coherent k
 normal images: "cutpaste" (a patch of another held-out image, flipped or rotated, pasted in through a soft blob)
 and "blob" (a broad, smooth region 10-30% brighter or darker, like MTD's "uneven").
 
+--unlabeled adds a criterion that needs no synthetic defect at all: how well a setting separates the held-out
+normal images from the development images with their labels unread (a stream of production images). If the
+stream's normal images score like the held-out ones, that AUROC is (1 - p) / 2 + p * (the setting's real AUROC),
+p the stream's defective share, so it ranks settings as their real AUROC does; what breaks it is a shift between
+train/good and the stream's good images, printed as the held-out vs stream-normal AUROC range (a diagnosis that
+reads the labels; the pick does not). --stream-share p simulates a stream with fewer defects: every good
+development image and a seeded random subset of the defective ones, p of the stream (the subset is drawn by label;
+the criterion still reads none).
+
     .venv/bin/python scripts/experiments/synthetic_selection.py /tmp/fusion \\
         ../shared/data/mtd/magnetic_tile ../shared/data/kolektorsdd/commutator ../shared/data/elpv/solar_cell_mono
 """
@@ -80,6 +89,18 @@ def coherent_anomalies(images_u8: torch.Tensor, kind: str, seed: int, per_image:
     return torch.stack(out)
 
 
+def _stream(labels: np.ndarray, share: float | None, seed: int) -> np.ndarray:
+    """Indices of the simulated stream: every image, or every good one and enough defective ones for share."""
+    if share is None:
+        return np.arange(len(labels))
+    good, bad = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)
+    n_bad = max(1, round(share * len(good) / (1 - share)))
+    if n_bad > len(bad):
+        raise SystemExit(f"--stream-share {share}: needs {n_bad} defective images, the part has {len(bad)}")
+    keep = np.random.default_rng(seed).choice(bad, n_bad, replace=False)
+    return np.sort(np.r_[good, keep])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("models", help="folder of fusion_sweep.py models: <dataset>-<layers>[-<geometry>].fastmsfd")
@@ -87,6 +108,10 @@ def main() -> None:
     ap.add_argument("--strengths", default="1.0,0.3,0.15")
     ap.add_argument("--geometry", default="", help="the models' geometry suffix, e.g. -256-squash")
     ap.add_argument("--coherent", action="store_true", help="also the cutpaste and blob kinds (docstring)")
+    ap.add_argument("--unlabeled", action="store_true",
+                    help="also held-out normals vs the unlabeled development images (docstring)")
+    ap.add_argument("--stream-share", type=float, default=None,
+                    help="with --unlabeled: the defective share of the simulated stream (default: the dev part's)")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     from scipy.stats import spearmanr
@@ -99,27 +124,39 @@ def main() -> None:
     kinds = {f"strength {float(s)}": float(s) for s in args.strengths.split(",") if s}
     if args.coherent:
         kinds.update({"cutpaste": "cutpaste", "blob": "blob"})
+    if args.unlabeled:
+        kinds["unlabeled dev images"] = "unlabeled"
     lines = ["| dataset | defects | Spearman (synthetic vs dev, 22 settings) | synthetic pick | its dev AUROC | "
              "weight only (stage4-6): pick, dev AUROC | default's dev AUROC | best dev AUROC |",
              "|---|---|---|---|---|---|---|---|"]
+    shifts = []
     for folder in args.categories:
         cat = mvtec_category(folder)
         name = cat.root.parent.name
         dev, _ = dev_final_split(cat)
-        dev_auc, syn_auc = {}, {k: {} for k in kinds}
+        dev_auc, syn_auc, shift_auc = {}, {k: {} for k in kinds}, {}
         for ls in LAYER_SETS:
             det = Detector.load(Path(args.models) / f"{name}-{ls}{args.geometry}.fastmsfd", runtime="torch").eval()
             S = det.input_hw
             dev_u8 = load_resized([s.path for s in dev.test], S, resize=det.settings.network.resize)
             labels = np.array([s.label for s in dev.test])
-            for w, a in table(labels, *z_scores(det, dev_u8)).items():
+            dev_z = z_scores(det, dev_u8)
+            for w, a in table(labels, *dev_z).items():
                 dev_auc[(ls, w)] = a
             train = load_resized(training_paths(cat.root), S, resize=det.settings.network.resize)
             _, held_out, _ = split_held_out(train, 0.1, 0)          # fit's own split (seed 0, 10%)
             normal = z_scores(det, held_out)
+            good = labels == 0  # diagnosis only: does the stream's good part score like the held-out normals?
+            lab = np.r_[np.zeros(len(normal[0])), np.ones(good.sum())]
+            for w, a in table(lab, np.r_[normal[0], dev_z[0][good]], np.r_[normal[1], dev_z[1][good]]).items():
+                shift_auc[(ls, w)] = a
+            stream = _stream(labels, args.stream_share, seed=1)
             for s, how in kinds.items():
-                bad = z_scores(det, synthetic_anomalies(held_out, seed=1, strength=how) if isinstance(how, float)
-                               else coherent_anomalies(held_out, how, seed=1))
+                if how == "unlabeled":
+                    bad = (dev_z[0][stream], dev_z[1][stream])  # development images, their labels unread
+                else:
+                    bad = z_scores(det, synthetic_anomalies(held_out, seed=1, strength=how) if isinstance(how, float)
+                                   else coherent_anomalies(held_out, how, seed=1))
                 lab = np.r_[np.zeros(len(normal[0])), np.ones(len(bad[0]))]
                 for w, a in table(lab, np.r_[normal[0], bad[0]], np.r_[normal[1], bad[1]]).items():
                     syn_auc[s][(ls, w)] = a
@@ -138,7 +175,12 @@ def main() -> None:
                          f"{dev_auc[pick]:.4f} | w {w_pick[1]}, {dev_auc[w_pick]:.4f} | {dev_auc[DEFAULT]:.4f} | "
                          f"{best_dev:.4f} |")
         print("\n".join(lines[-len(kinds):]), flush=True)
-    print("\n".join(lines))
+        shifts.append(f"{name}: held-out normals vs the development part's good images, AUROC "
+                      f"{min(shift_auc.values()):.3f}-{max(shift_auc.values()):.3f} over the settings "
+                      f"(0.5: no shift); the stream's defective share {labels[stream].mean():.2f} of "
+                      f"{len(stream)} images")
+        print(shifts[-1], flush=True)
+    print("\n".join(lines + shifts))
 
 
 if __name__ == "__main__":
