@@ -175,6 +175,8 @@ def main() -> None:
                          f"{dev_auc[pick]:.4f} | w {w_pick[1]}, {dev_auc[w_pick]:.4f} | {dev_auc[DEFAULT]:.4f} | "
                          f"{best_dev:.4f} |")
         print("\n".join(lines[-len(kinds):]), flush=True)
+        if not args.unlabeled:
+            continue
         shifts.append(f"{name}: held-out normals vs the development part's good images, AUROC "
                       f"{min(shift_auc.values()):.3f}-{max(shift_auc.values()):.3f} over the settings "
                       f"(0.5: no shift); the stream's defective share {labels[stream].mean():.2f} of "
