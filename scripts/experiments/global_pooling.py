@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fastmsfd import global_score
+
 
 def _top_share(f: torch.Tensor, share: float) -> torch.Tensor:
     flat = f.flatten(2)
@@ -31,7 +33,7 @@ def _top_share(f: torch.Tensor, share: float) -> torch.Tensor:
 
 
 POOLINGS = {
-    "mean": lambda f: f.mean((2, 3)),
+    "mean": global_score.pooled,  # the library's own
     "max": lambda f: f.amax((2, 3)),
     "top 10%": lambda f: _top_share(f, 0.1),
     "mean+std": lambda f: torch.cat([f.mean((2, 3)), f.std((2, 3))], 1),
@@ -55,7 +57,7 @@ def pooled(det, images_u8: torch.Tensor, batch: int = 16) -> dict[str, torch.Ten
 def fused_table(det, tests, labels, train, held_out, n_held_out, size, resize) -> tuple[dict, float]:
     """{pooling: {w: AUROC}} of the detector's map score fused with each pooling's global score, and the
     largest difference between the rebuilt mean-pooled z score and the detector's own."""
-    from fastmsfd import global_score, metrics
+    from fastmsfd import metrics
     from fastmsfd.data import load_resized
     from fastmsfd.fit import _scale_images, _standardized_scores
 

@@ -48,6 +48,12 @@ def table(labels, zm, zg) -> dict[float, float]:
     return {w: metrics.auroc(labels, (1 - w) * zm + w * zg) for w in WEIGHTS}
 
 
+def separation(normal, other) -> dict[float, float]:
+    """table() of held-out normal images (label 0) against other images (label 1), both (z map, z global)."""
+    labels = np.r_[np.zeros(len(normal[0])), np.ones(len(other[0]))]
+    return table(labels, np.r_[normal[0], other[0]], np.r_[normal[1], other[1]])
+
+
 def _soft_blob(rng: np.random.Generator, h: int, w: int, side: float) -> np.ndarray:
     """A smooth random blob of about side x side pixels at a random place, values in [0, 1]: a thresholded,
     blurred noise field, blurred again so the edge is soft."""
@@ -146,10 +152,10 @@ def main() -> None:
             train = load_resized(training_paths(cat.root), S, resize=det.settings.network.resize)
             _, held_out, _ = split_held_out(train, 0.1, 0)          # fit's own split (seed 0, 10%)
             normal = z_scores(det, held_out)
-            good = labels == 0  # diagnosis only: does the stream's good part score like the held-out normals?
-            lab = np.r_[np.zeros(len(normal[0])), np.ones(good.sum())]
-            for w, a in table(lab, np.r_[normal[0], dev_z[0][good]], np.r_[normal[1], dev_z[1][good]]).items():
-                shift_auc[(ls, w)] = a
+            if args.unlabeled:  # diagnosis only: does the stream's good part score like the held-out normals?
+                good = labels == 0
+                for w, a in separation(normal, (dev_z[0][good], dev_z[1][good])).items():
+                    shift_auc[(ls, w)] = a
             stream = _stream(labels, args.stream_share, seed=1)
             for s, how in kinds.items():
                 if how == "unlabeled":
@@ -157,8 +163,7 @@ def main() -> None:
                 else:
                     bad = z_scores(det, synthetic_anomalies(held_out, seed=1, strength=how) if isinstance(how, float)
                                    else coherent_anomalies(held_out, how, seed=1))
-                lab = np.r_[np.zeros(len(normal[0])), np.ones(len(bad[0]))]
-                for w, a in table(lab, np.r_[normal[0], bad[0]], np.r_[normal[1], bad[1]]).items():
+                for w, a in separation(normal, bad).items():
                     syn_auc[s][(ls, w)] = a
         keys = sorted(dev_auc)
         best_dev = max(dev_auc.values())
