@@ -21,7 +21,7 @@ from torch import nn
 
 from . import calibration, global_score, tiling
 from ._version import __version__
-from .checkpoint import atomic_path
+from .checkpoint import GLOBAL_BUFFERS, atomic_path
 from .onnx_passes import fold_pads
 from .ops import reference
 
@@ -75,7 +75,7 @@ class InferenceGraph(nn.Module):
         if self.global_index is not None:
             self.global_weight = detector.settings.score.global_weight
             self.global_density = detector.settings.score.global_density
-            for name in ("global_mean", "global_precision", "global_memory", "score_stats"):
+            for name in GLOBAL_BUFFERS[self.global_density]:  # only what this density reads
                 self.register_buffer(name, getattr(detector, name).detach().clone())
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,8 +105,8 @@ class InferenceGraph(nn.Module):
                     view = view * self.global_in_scale + self.global_in_shift
                 net = self.teacher if self.global_teacher is None else self.global_teacher
                 g = global_score.pooled_layers(net(view), self.global_index)
-            g = global_score.distance(g, self.global_density, self.global_mean, self.global_precision,
-                                      self.global_memory)
+            g = global_score.distance(g, self.global_density, getattr(self, "global_mean", None),
+                                      getattr(self, "global_precision", None), getattr(self, "global_memory", None))
             score = global_score.fuse(score, g, self.score_stats, self.global_weight)
         return heat, score
 

@@ -170,7 +170,7 @@ def _squared_distances(x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
     return (x * x).sum(-1, keepdim=True) - 2 * x @ memory.T + (memory * memory).sum(-1)
 
 
-def distance(x: torch.Tensor, density: str, mean: torch.Tensor, precision: torch.Tensor,
-             memory: torch.Tensor) -> torch.Tensor:
-    """The global score of pooled features (B, C) under the branch's density."""
+def distance(x: torch.Tensor, density: str, mean: torch.Tensor | None, precision: torch.Tensor | None,
+             memory: torch.Tensor | None) -> torch.Tensor:
+    """The global score of pooled features (B, C) under the branch's density (which reads only its own)."""
     return nearest_distance(x, memory) if density == "nearest" else mahalanobis(x, mean, precision)

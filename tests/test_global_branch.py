@@ -112,6 +112,12 @@ def test_both_densities_score_alike_in_every_runtime_and_file(density, runtime, 
         det.global_precision.copy_(a @ a.T + torch.eye(c))
     det.score_stats.copy_(torch.tensor([0.5, 2.0, 3.0, 4.0]))
     det.fitted = True
+    from fastmsfd.checkpoint import GLOBAL_BUFFERS
+    from fastmsfd.export import InferenceGraph
+
+    carried = {n for n, _ in InferenceGraph(det).named_buffers(recurse=False)}
+    assert carried & {"global_mean", "global_precision", "global_memory", "score_stats"} == \
+        set(GLOBAL_BUFFERS[density])  # the graph carries only what its density reads
     path = tmp_path / f"{density}.fastmsfd"
     det.save(path)
     x = brick_crops(3, seed=11) + [defective_crop()]
