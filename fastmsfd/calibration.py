@@ -5,7 +5,8 @@
   features there, and row-normalised up-sampling averages fewer cells); standardising each pixel by the normal
   heatmaps' mean and std at the same distance from the border makes every position equally likely to cross a
   threshold;
-- threshold: a quantile of normal images' scores.
+- threshold: a quantile of normal images' scores, leaving out those far above the others (far_out): a foreign
+  object or a mislabelled defect among the normal images must not set the threshold.
 Detector.fit and Detector.calibrate feed them; the ONNX graph applies standardize() too.
 """
 from __future__ import annotations
@@ -27,6 +28,22 @@ def layer_weights(distances: Sequence[torch.Tensor], quantile: float = LAYER_WEI
 def check_quantile(quantile: float) -> None:
     if not 0 < quantile <= 1:
         raise ValueError(f"quantile must be in (0, 1], got {quantile}")
+
+
+FAR_OUT_IQRS = 3.0  # Tukey's "far out" fence: beyond the upper quartile plus 3 interquartile ranges
+FAR_OUT_MIN_IMAGES = 8  # fewer scores: no quartiles worth the name, nothing is left out
+
+
+def far_out(scores: torch.Tensor) -> torch.Tensor:
+    """bool (N,): the scores beyond Tukey's far-out fence (Q3 + 3 IQR). None with fewer than
+    FAR_OUT_MIN_IMAGES scores or no spread between the quartiles."""
+    s = scores.double().flatten()
+    if len(s) < FAR_OUT_MIN_IMAGES:
+        return torch.zeros(len(s), dtype=torch.bool)
+    q1, q3 = torch.quantile(s, torch.tensor([0.25, 0.75], dtype=torch.float64)).tolist()
+    if not q3 > q1:
+        return torch.zeros(len(s), dtype=torch.bool)
+    return s > q3 + FAR_OUT_IQRS * (q3 - q1)
 
 
 def threshold(scores: torch.Tensor, quantile: float) -> float:

@@ -70,7 +70,7 @@ def mvtec_test_set(category: str | os.PathLike) -> list[TestSample]:
     return samples
 
 
-def _source_paths(source) -> list[Path] | None:
+def source_paths(source) -> list[Path] | None:
     """The image files a fit source names (a folder, an MVTec category, a file, a list of paths), else None."""
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
@@ -92,7 +92,7 @@ def normal_image_sizes(source) -> list[tuple[int, int]]:
         if batch is None:
             raise DataError("fit: the DataLoader yielded no batches")
         source = batch[0] if isinstance(batch, (tuple, list)) else batch
-    paths = _source_paths(source)
+    paths = source_paths(source)
     if paths is not None:
         return [image_size_of(p) for p in paths]
     if isinstance(source, torch.Tensor) and source.dim() in (3, 4):
@@ -125,7 +125,7 @@ def normal_images_u8(source, size: int, progress: bool = False, resize: str = "s
         if not chunks:
             raise DataError("fit: the DataLoader yielded no batches")
         return torch.cat(chunks)
-    paths = _source_paths(source)
+    paths = source_paths(source)
     if paths is not None:
         return load_resized(paths, S, progress, resize)
     return to_u8_batch(source, S, "fit images", resize=resize)[0]

@@ -542,19 +542,38 @@ class Detector(nn.Module):
         return self
 
     @torch.no_grad()
-    def calibrate(self, normal_images, quantile: float = 0.99, batch_size: int = 16) -> float:
+    def calibrate(self, normal_images, quantile: float = 0.99, batch_size: int = 16, *,
+                  leave_out_far: bool = True, names: Sequence[str] | None = None) -> float:
         """Set the threshold from defect-free images only: the `quantile` of their scores. About
-        (1 - quantile) of normal parts will then be flagged; labels are score > threshold."""
+        (1 - quantile) of normal parts will then be flagged; labels are score > threshold.
+
+        leave_out_far: images scoring far above the others (beyond the upper quartile plus 3 interquartile
+        ranges; 8 images or more) are left out of the quantile, with a warning naming them (`names`, else the
+        files given, else their positions): a foreign object or a mislabelled defect among the normal images
+        would otherwise set the threshold. Their positions are kept in info["calibration"]["left_out"]."""
         calibration.check_quantile(quantile)  # before any inference
         if isinstance(normal_images, torch.Tensor) and normal_images.dtype == torch.uint8 \
                 and normal_images.dim() == 4 and tuple(normal_images.shape[-2:]) == self.input_hw:
             scores = torch.cat([self._infer(normal_images[i:i + batch_size])[1].float().cpu()
                                 for i in range(0, len(normal_images), batch_size)])
+            found = [None] * len(scores)
         else:
-            scores = self.predict(normal_images, batch_size=batch_size).scores
-        thr = calibration.threshold(scores, quantile)
+            pred = self.predict(normal_images, batch_size=batch_size)
+            scores, found = pred.scores, pred.names
+        if names is not None and len(names) != len(scores):
+            raise ValueError(f"calibrate: {len(names)} names for {len(scores)} images")
+        far = calibration.far_out(scores) if leave_out_far else torch.zeros(len(scores), dtype=torch.bool)
+        thr = calibration.threshold(scores[~far], quantile)
+        left_out = far.nonzero().flatten().tolist()
+        if left_out:
+            named = [(names or found)[i] or f"normal_images[{i}]" for i in left_out]
+            # stacklevel 3: past no_grad's wrapper, at calibrate's caller
+            warnings.warn(f"calibrate: {len(left_out)} of {len(scores)} normal images score far above the others "
+                          f"(beyond the upper quartile plus {calibration.FAR_OUT_IQRS:g} interquartile ranges) and "
+                          f"were left out of the threshold; look at them, they may be defective or unusual: "
+                          f"{', '.join(named)}. calibrate(..., leave_out_far=False) keeps them.", stacklevel=3)
         self.threshold.fill_(thr)
-        self.info["calibration"] = {"quantile": quantile, "n_images": len(scores)}
+        self.info["calibration"] = {"quantile": quantile, "n_images": len(scores), "left_out": left_out}
         return thr
 
     # ---- persistence ---------------------------------------------------------------------------------

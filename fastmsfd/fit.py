@@ -11,7 +11,7 @@ import torch
 from . import calibration, geometry, global_score, tiling
 from .backbones import build_student
 from .data import as_hw
-from .datasets import normal_image_sizes, normal_images_u8
+from .datasets import normal_image_sizes, normal_images_u8, source_paths
 from .distributed import data_parallel, init_from_env, rank_device
 from .errors import DataError
 from .ops import reference
@@ -21,14 +21,20 @@ MIN_HELD_OUT_FOR_SCALES = 3  # held-out images that measure the fused scores' me
 MAP_NORM_MAX_IMAGES = 256  # normal images whose heatmaps give the border statistics (an even subsample beyond)
 
 
+def held_out_order(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, int]:
+    """A seeded order of n images and how many of its first are held out (0 with fewer than 5: none held out,
+    every image is both)."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order, (min(max(1, round(n * val_fraction)), n - 2) if n >= 5 else 0)
+
+
 def split_held_out(images: torch.Tensor, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(train, held_out, n_held_out): a seeded share for early stopping and calibration; with fewer than 5
     images every image is both (n_held_out 0)."""
     n = len(images)
     if n < 2:
         raise DataError(f"fit needs at least 2 normal images, got {n}")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_val = min(max(1, round(n * val_fraction)), n - 2) if n >= 5 else 0
+    order, n_val = held_out_order(n, val_fraction, seed)
     return images[order[n_val:]], (images[order[:n_val]] if n_val else images), n_val
 
 
@@ -97,9 +103,18 @@ def fit_detector(det, source, epochs: int | None, batch_size: int, lr: float, va
             choose_global_weight(det, val, seed)
     det.fitted = True
     det.reset_runtime()
-    det.calibrate(val, quantile=calibrate_quantile)
+    det.calibrate(val, quantile=calibrate_quantile, names=held_out_names(source, val_fraction, seed))
     det.info.update(n_train=len(train), n_val=n_val, epochs_run=len(det.history.val_loss),
                     fit_seconds=round(det.history.seconds, 2), training=recipe(cfg))
+
+
+def held_out_names(source, val_fraction: float, seed: int) -> list[str] | None:
+    """The held-out images' files in split_held_out's order (calibrate names far-out ones), else None."""
+    paths = source_paths(source)
+    if paths is None:
+        return None
+    order, n_val = held_out_order(len(paths), val_fraction, seed)
+    return [str(paths[i]) for i in (order[:n_val] if n_val else range(len(paths)))]
 
 
 MAX_HELD_OUT_TILES = 256  # early stopping and the layer weights need a sample of tiles, not every one

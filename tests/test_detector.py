@@ -2,6 +2,7 @@
 checkpoint corruption and atomic writes."""
 import os
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -95,6 +96,57 @@ def test_calibrate_is_a_quantile_of_normal_scores(fitted):
     assert not fitted.predict(x).labels.any()
     with pytest.raises(ValueError, match="quantile"):
         fitted.calibrate(x, quantile=0)
+
+
+def _noise(seed=1, size=48):
+    """Pixel noise: far from the smooth textures the fixture learnt, so it scores far above them."""
+    return (torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 255).to(torch.uint8)
+
+
+def test_calibrate_leaves_far_out_normal_images_out_and_names_them(fitted, tmp_path):
+    """A foreign image among 21 "normal" ones is beyond Q3 + 3 IQR of their scores: the quantile is taken
+    without it, a warning names its file, info keeps its position; leave_out_far=False keeps it."""
+    before = float(fitted.threshold)
+    x = torch.cat([_images(20, seed=7), _noise()])
+    for i, img in enumerate(x):
+        Image.fromarray(img.permute(1, 2, 0).numpy()).save(tmp_path / (f"{i:02d}.png" if i < 20 else "odd.png"))
+    scores = fitted.predict(tmp_path).scores
+    assert scores[20] > scores[:20].max()
+    with pytest.warns(UserWarning, match=r"1 of 21 normal images score far above.*odd\.png") as said:
+        thr = fitted.calibrate(tmp_path, quantile=0.9)
+    assert said[0].filename == __file__  # the warning points at the caller's line
+    assert thr == pytest.approx(float(torch.quantile(scores[:20].double(), 0.9)), rel=1e-6)
+    assert fitted.info["calibration"]["left_out"] == [20]
+    assert fitted.predict(tmp_path / "odd.png").labels.tolist() == [True]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning when it is kept
+        kept = fitted.calibrate(tmp_path, quantile=0.9, leave_out_far=False)
+    assert kept == pytest.approx(float(torch.quantile(scores.double(), 0.9)), rel=1e-6) and kept > thr
+    assert fitted.info["calibration"]["left_out"] == []
+    with pytest.warns(UserWarning, match=r"normal_images\[20\]"):  # tensors: their positions
+        fitted.calibrate(x)
+    with pytest.warns(UserWarning, match=r": part-20"):
+        fitted.calibrate(x, names=[f"part-{i}" for i in range(21)])
+    with pytest.raises(ValueError, match="3 names for 21 images"):
+        fitted.calibrate(x, names=["a", "b", "c"])
+    fitted.threshold.fill_(before)
+
+
+def test_fit_names_a_far_out_held_out_file(tmp_path):
+    """fit's threshold comes from its held-out images: a foreign one among them is named by its file."""
+    from fastmsfd.fit import held_out_order
+
+    order, n_val = held_out_order(24, 0.5, 0)
+    odd = int(order[0])
+    x = _images(24, seed=2)
+    x[odd] = _noise(3)[0]
+    for i, img in enumerate(x):
+        Image.fromarray(img.permute(1, 2, 0).numpy()).save(tmp_path / f"{i:02d}.png")
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match=rf"1 of {n_val} normal images score far above.*{odd:02d}\.png"):
+        det = Detector(image_size=SIZE, global_layer=None).fit(tmp_path, epochs=2, batch_size=4, val_fraction=0.5,
+                                                              progress=False)
+    assert det.info["calibration"]["left_out"] == [0]
 
 
 def test_save_load_round_trip_identical(fitted, tmp_path):

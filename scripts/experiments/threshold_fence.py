@@ -1,0 +1,62 @@
+"""The default threshold with and without leaving far-out held-out normal images out: fitted detectors' own
+held-out images (fit's seeded split, rebuilt) scored again, the 0.99 quantile taken over all of them, or over
+those within Q3 + k IQR, and applied to the development part (or, with --final, the final part): F1, good images
+flagged, defective images flagged. Detectors are `fastmsfd fit <category> -o MODELS/<parent>-<category>.fastmsfd`.
+
+    .venv/bin/python scripts/experiments/threshold_fence.py /tmp/defaults ../shared/data/mtd/magnetic_tile \\
+        ../shared/data/kolektorsdd/commutator ../shared/data/elpv/solar_cell_mono
+"""
+from __future__ import annotations
+
+import argparse
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("models", help="folder of <parent>-<category>.fastmsfd files")
+    ap.add_argument("categories", nargs="+")
+    ap.add_argument("--fences", default="none,3,1.5", help="k of Q3 + k IQR; none: every held-out image")
+    ap.add_argument("--quantile", type=float, default=0.99)
+    ap.add_argument("--final", action="store_true", help="score the final part (report once), not the development")
+    args = ap.parse_args()
+    warnings.filterwarnings("ignore")
+    from fastmsfd import Detector, calibration, metrics
+    from fastmsfd.data import load_resized
+    from fastmsfd.datasets import dev_final_split, mvtec_category, training_paths
+    from fastmsfd.fit import split_held_out
+
+    part = "final" if args.final else "development"
+    print(f"| category ({part} part) | held-out images | fence | left out | threshold | F1 | good flagged "
+          "| defective flagged |\n|---|---|---|---|---|---|---|---|")
+    for folder in args.categories:
+        cat = mvtec_category(folder)
+        name = f"{cat.root.parent.name}-{cat.root.name}"
+        det = Detector.load(Path(args.models) / f"{name}.fastmsfd", runtime="torch")
+        resize = det.settings.network.resize
+        _, held, _ = split_held_out(load_resized(training_paths(cat.root), det.input_hw, resize=resize),
+                                    det.config.get("val_fraction", 0.1), det.config.get("seed", 0))
+        held_scores = det.predict(held).scores.double()
+        test = dev_final_split(cat)[1 if args.final else 0].test
+        scores = det.predict([s.path for s in test]).scores.numpy()
+        labels = np.array([s.label for s in test])
+        for fence in args.fences.split(","):
+            if fence == "none":
+                keep = torch.ones(len(held_scores), dtype=torch.bool)
+            else:
+                q1, q3 = torch.quantile(held_scores, torch.tensor([0.25, 0.75], dtype=torch.float64)).tolist()
+                keep = held_scores <= q3 + float(fence) * (q3 - q1)
+            thr = calibration.threshold(held_scores[keep], args.quantile)
+            flagged = scores > thr
+            print(f"| {name} | {len(held_scores)} | {fence} | {int((~keep).sum())} | {thr:.3f} "
+                  f"| {metrics.f1_at(labels, scores, thr):.3f} | {int(flagged[labels == 0].sum())} of "
+                  f"{int((labels == 0).sum())} | {int(flagged[labels == 1].sum())} of {int((labels == 1).sum())} |",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
