@@ -35,7 +35,7 @@ FAR_OUT_MIN_IMAGES = 8  # fewer scores: no quartiles worth the name, nothing is 
 
 
 def far_out(scores: torch.Tensor) -> torch.Tensor:
-    """bool (N,): the scores beyond Tukey's far-out fence (Q3 + 3 IQR). None with fewer than
+    """bool (N,): the scores beyond Tukey's far-out fence (Q3 + 3 IQR); all False with fewer than
     FAR_OUT_MIN_IMAGES scores or no spread between the quartiles."""
     s = scores.double().flatten()
     if len(s) < FAR_OUT_MIN_IMAGES:

@@ -103,18 +103,18 @@ def fit_detector(det, source, epochs: int | None, batch_size: int, lr: float, va
             choose_global_weight(det, val, seed)
     det.fitted = True
     det.reset_runtime()
-    det.calibrate(val, quantile=calibrate_quantile, names=held_out_names(source, val_fraction, seed))
+    det.calibrate(val, quantile=calibrate_quantile, names=held_out_names(source, len(images), val_fraction, seed))
     det.info.update(n_train=len(train), n_val=n_val, epochs_run=len(det.history.val_loss),
                     fit_seconds=round(det.history.seconds, 2), training=recipe(cfg))
 
 
-def held_out_names(source, val_fraction: float, seed: int) -> list[str] | None:
-    """The held-out images' files in split_held_out's order (calibrate names far-out ones), else None."""
+def held_out_names(source, n: int, val_fraction: float, seed: int) -> list[str]:
+    """What calibrate calls the held-out images (split_held_out's order) when it names far-out ones: their
+    files, else their positions among the n images fit was given."""
+    order, n_val = held_out_order(n, val_fraction, seed)
+    positions = order[:n_val].tolist() if n_val else list(range(n))
     paths = source_paths(source)
-    if paths is None:
-        return None
-    order, n_val = held_out_order(len(paths), val_fraction, seed)
-    return [str(paths[i]) for i in (order[:n_val] if n_val else range(len(paths)))]
+    return [str(paths[i]) if paths is not None else f"fit image {i}" for i in positions]
 
 
 MAX_HELD_OUT_TILES = 256  # early stopping and the layer weights need a sample of tiles, not every one

@@ -147,6 +147,9 @@ def test_fit_names_a_far_out_held_out_file(tmp_path):
         det = Detector(image_size=SIZE, global_layer=None).fit(tmp_path, epochs=2, batch_size=4, val_fraction=0.5,
                                                               progress=False)
     assert det.info["calibration"]["left_out"] == [0]
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match=rf"far above.*: fit image {odd}\. "):  # a tensor: its position in it
+        Detector(image_size=SIZE, global_layer=None).fit(x, epochs=2, batch_size=4, val_fraction=0.5, progress=False)
 
 
 def test_save_load_round_trip_identical(fitted, tmp_path):
