@@ -12,13 +12,19 @@ import warnings
 from pathlib import Path
 
 
+def default_detector(models: str, cat):
+    """The detector `fastmsfd fit <category> -o MODELS/<parent>-<category>.fastmsfd` wrote (torch runtime)."""
+    from fastmsfd import Detector
+
+    return Detector.load(Path(models) / f"{cat.root.parent.name}-{cat.root.name}.fastmsfd", runtime="torch")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("models", help="folder of <parent>-<category>.fastmsfd files")
     ap.add_argument("categories", nargs="+")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
-    from fastmsfd import Detector
     from fastmsfd.datasets import dev_final_split, mvtec_category
     from fastmsfd.evaluate import evaluate
 
@@ -27,7 +33,7 @@ def main() -> None:
     print("|---|---|" + "---|" * len(keys))
     for folder in args.categories:
         cat = mvtec_category(folder)
-        det = Detector.load(Path(args.models) / f"{cat.root.parent.name}-{cat.root.name}.fastmsfd", runtime="torch")
+        det = default_detector(args.models, cat)
         m = evaluate(det, dev_final_split(cat)[1]).metrics
         cells = ["n/a" if m[k] is None else f"{m[k]:.4f}" for k in keys]
         print(f"| {cat.root.parent.name}/{cat.root.name} | {m['n_test']} ({m['n_defective']}) | "

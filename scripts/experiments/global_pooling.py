@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import argparse
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
+from final_parts import default_detector
 
 from fastmsfd import global_score
 
@@ -86,7 +86,6 @@ def main() -> None:
     ap.add_argument("--models", required=True, help="folder of fitted default detectors (docstring)")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
-    from fastmsfd import Detector
     from fastmsfd.data import load_resized
     from fastmsfd.datasets import dev_final_split, mvtec_category, training_paths
     from fastmsfd.demo_data import make_demo_dataset
@@ -99,8 +98,7 @@ def main() -> None:
     for folder, real in parts:
         cat = mvtec_category(folder)
         name = f"{cat.root.parent.name}/{cat.root.name}" + (" (dev)" if real else "")
-        det = Detector.load(Path(args.models) / f"{cat.root.parent.name}-{cat.root.name}.fastmsfd",
-                            runtime="torch").eval()
+        det = default_detector(args.models, cat).eval()
         size, resize = det.input_hw, det.settings.network.resize
         tests = dev_final_split(cat)[0].test if real else cat.test
         train, held_out, n_held_out = split_held_out(load_resized(training_paths(cat.root), size, resize=resize),

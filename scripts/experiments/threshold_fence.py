@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
+from final_parts import default_detector
 
 
 def main() -> None:
@@ -25,7 +25,7 @@ def main() -> None:
     ap.add_argument("--final", action="store_true", help="score the final part (report once), not the development")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
-    from fastmsfd import Detector, calibration, metrics
+    from fastmsfd import calibration, metrics
     from fastmsfd.data import load_resized
     from fastmsfd.datasets import dev_final_split, mvtec_category, training_paths
     from fastmsfd.fit import split_held_out
@@ -36,7 +36,7 @@ def main() -> None:
     for folder in args.categories:
         cat = mvtec_category(folder)
         name = f"{cat.root.parent.name}-{cat.root.name}"
-        det = Detector.load(Path(args.models) / f"{name}.fastmsfd", runtime="torch")
+        det = default_detector(args.models, cat)
         resize = det.settings.network.resize
         _, held, _ = split_held_out(load_resized(training_paths(cat.root), det.input_hw, resize=resize),
                                     det.config.get("val_fraction", 0.1), det.config.get("seed", 0))
