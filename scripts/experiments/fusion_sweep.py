@@ -33,7 +33,8 @@ def add_cached_model_args(ap: argparse.ArgumentParser) -> None:
     """--models and --pattern: for the scripts that rescore this sweep's cached detectors."""
     ap.add_argument("--models", required=True, help="a fusion_sweep.py --out folder")
     ap.add_argument("--pattern", default=CACHED_PATTERN,
-                    help="the cached detector's file name in --models ({name}: the dataset's folder name)")
+                    help="the cached detector's file name in --models ({name}: the dataset's folder name, "
+                         "{category}: the category's; fastmsfd fit's defaults: '{name}-{category}.fastmsfd')")
 
 
 def cached_category(args, folder, with_images: bool = True, seed: int = 0, val_fraction: float = 0.1):
@@ -48,7 +49,8 @@ def cached_category(args, folder, with_images: bool = True, seed: int = 0, val_f
 
     cat = mvtec_category(folder)
     name = cat.root.parent.name
-    det = Detector.load(Path(args.models) / args.pattern.format(name=name), runtime="torch").eval()
+    det = Detector.load(Path(args.models) / args.pattern.format(name=name, category=cat.root.name),
+                        runtime="torch").eval()
     dev = dev_final_split(cat)[0].test
     out = SimpleNamespace(name=name, det=det, dev=dev, labels=np.array([s.label for s in dev]))
     if with_images:
