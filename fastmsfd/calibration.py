@@ -31,7 +31,7 @@ def check_quantile(quantile: float) -> None:
 
 
 FAR_OUT_IQRS = 3.0  # Tukey's "far out" fence: beyond the upper quartile plus 3 interquartile ranges
-FAR_OUT_MIN_IMAGES = 8  # fewer scores: no quartiles worth the name, nothing is left out
+FAR_OUT_MIN_IMAGES = 20  # fewer: quartiles of a handful of scores put a plain normal image beyond the fence
 
 
 def far_out(scores: torch.Tensor) -> torch.Tensor:

@@ -548,7 +548,7 @@ class Detector(nn.Module):
         (1 - quantile) of normal parts will then be flagged; labels are score > threshold.
 
         leave_out_far: images scoring far above the others (beyond the upper quartile plus 3 interquartile
-        ranges; 8 images or more) are left out of the quantile, with a warning naming them (`names`, else the
+        ranges; 20 images or more) are left out of the quantile, with a warning naming them (`names`, else the
         files given, else their positions): a foreign object or a mislabelled defect among the normal images
         would otherwise set the threshold. Their positions are kept in info["calibration"]["left_out"]."""
         calibration.check_quantile(quantile)  # before any inference

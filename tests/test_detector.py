@@ -136,9 +136,9 @@ def test_fit_names_a_far_out_held_out_file(tmp_path):
     """fit's threshold comes from its held-out images: a foreign one among them is named by its file."""
     from fastmsfd.fit import held_out_order
 
-    order, n_val = held_out_order(24, 0.5, 0)
+    order, n_val = held_out_order(40, 0.5, 0)  # 20 held out: enough for the fence
     odd = int(order[0])
-    x = _images(24, seed=2)
+    x = _images(40, seed=2)
     x[odd] = _noise(3)[0]
     for i, img in enumerate(x):
         Image.fromarray(img.permute(1, 2, 0).numpy()).save(tmp_path / f"{i:02d}.png")
