@@ -54,6 +54,9 @@ def fit_detector(det, source, epochs: int | None, batch_size: int, lr: float, va
     TrainConfig(**train_kwargs)
     if isinstance(source, Iterator):  # a generator: image_size="auto" reads the images before loading them
         source = list(source)
+    paths = source_paths(source)
+    if paths is not None:  # a folder is walked once: the geometry, the loading and the held-out names read this
+        source = paths
     choose_geometry(det, source, progress)
     images = normal_images_u8(source, det.input_hw, progress, det.settings.network.resize)
     train, val, n_val = split_held_out(images, val_fraction, seed)
