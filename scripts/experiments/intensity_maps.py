@@ -1,8 +1,8 @@
 """Are MTD's broad "uneven" defects plain brightness changes? Heatmaps made of the grey level alone, no network:
-the image blurred by a Gaussian (sigma in pixels at the detector's input size) minus its median, or a band-pass
-(two blurs), in units of the image's median absolute deviation, beside the fitted detector's own heatmap. Pixel
-AUROC (also on one defect type's images and the good ones), AUPRO and the top-1% image AUROC of the development
-part, at the detector's geometry. No final-part label is read.
+the image blurred by a Gaussian (sigma in pixels at the detector's input size; the library's row-normalised one)
+minus its median, or a band-pass (two blurs), in units of the image's median absolute deviation, beside the fitted
+detector's own heatmap. Pixel AUROC (also on one defect type's images and the good ones), AUPRO and the top-1%
+image AUROC of the development part, at the detector's geometry. No final-part label is read.
 
     .venv/bin/python scripts/experiments/intensity_maps.py /tmp/defaults/mtd-magnetic_tile.fastmsfd \\
         ../shared/data/mtd/magnetic_tile
@@ -16,16 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 
 def blur(gray: torch.Tensor, sigma: float) -> torch.Tensor:
-    """(N, H, W) through a separable Gaussian, edges reflected."""
-    r = int(3 * sigma)
-    k = torch.exp(-torch.arange(-r, r + 1).float() ** 2 / (2 * sigma * sigma))
-    k = k / k.sum()
-    x = F.conv2d(F.pad(gray[:, None], (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
-    return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))[:, 0]
+    """(N, H, W) through the library's Gaussian (reference.gaussian_matrix, its final blur), rows and columns."""
+    from fastmsfd.ops import reference
+
+    h, w = gray.shape[-2:]
+    return reference.gaussian_matrix(h, h, sigma) @ gray @ reference.gaussian_matrix(w, w, sigma).T
 
 
 def main() -> None:
