@@ -34,16 +34,16 @@ FAR_OUT_IQRS = 3.0  # Tukey's "far out" fence: beyond the upper quartile plus 3 
 FAR_OUT_MIN_IMAGES = 20  # fewer: quartiles of a handful of scores put a plain normal image beyond the fence
 
 
-def far_out(scores: torch.Tensor) -> torch.Tensor:
-    """bool (N,): the scores beyond Tukey's far-out fence (Q3 + 3 IQR); all False with fewer than
-    FAR_OUT_MIN_IMAGES scores or no spread between the quartiles."""
+def far_out(scores: torch.Tensor, iqrs: float = FAR_OUT_IQRS) -> torch.Tensor:
+    """bool (N,): the scores beyond Tukey's far-out fence (Q3 + 3 IQR; iqrs sets another multiple); all False with
+    fewer than FAR_OUT_MIN_IMAGES scores or no spread between the quartiles."""
     s = scores.double().flatten()
     if len(s) < FAR_OUT_MIN_IMAGES:
         return torch.zeros(len(s), dtype=torch.bool)
     q1, q3 = torch.quantile(s, torch.tensor([0.25, 0.75], dtype=torch.float64)).tolist()
     if not q3 > q1:
         return torch.zeros(len(s), dtype=torch.bool)
-    return s > q3 + FAR_OUT_IQRS * (q3 - q1)
+    return s > q3 + iqrs * (q3 - q1)
 
 
 def threshold(scores: torch.Tensor, quantile: float) -> float:
