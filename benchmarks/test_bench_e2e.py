@@ -12,6 +12,7 @@ import torch
 from fastmsfd import Detector
 from fastmsfd.backbones import find_weights_file
 from fastmsfd.bench import NaivePipeline
+from fastmsfd.config import ScoreSettings
 from fastmsfd.runtimes import runtime_status
 
 SIZE, BATCH = 256, 8
@@ -38,7 +39,7 @@ def test_end_to_end(benchmark, images, backbone, pipeline):
             run = NaivePipeline(backbone, SIZE)
         else:
             det = Detector(backbone, image_size=SIZE, weights=_weights(backbone), runtime=pipeline).eval()
-            run = det._infer
+            run = det.infer
     benchmark.extra_info["images_per_round"] = BATCH
     with torch.no_grad():
         heat, score = benchmark(run, images)
@@ -54,8 +55,8 @@ def test_global_branch_cost(benchmark, images, pipeline, global_layer):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         det = Detector("efficientnet_lite0", image_size=SIZE, weights=_weights("efficientnet_lite0"),
-                       runtime=pipeline, global_layer=global_layer).eval()
+                       runtime=pipeline, score=ScoreSettings(global_layer=global_layer)).eval()
     benchmark.extra_info["images_per_round"] = BATCH
     with torch.no_grad():
-        heat, score = benchmark(det._infer, images)
+        heat, score = benchmark(det.infer, images)
     assert heat.shape == (BATCH, SIZE, SIZE) and torch.isfinite(score).all()

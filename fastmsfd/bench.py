@@ -136,7 +136,7 @@ def run_bench(backbone: str = "efficientnet_lite0", image_size: int = 256, batch
         def measure_predict(det, runtime, precision):
             """predict() on in-memory uint8 arrays (decoded, checked, resized, inferred) against the graph alone
             fed ready uint8 batches: the share of the graph's speed that users get."""
-            graph, full = _paired_median_seconds([lambda: ([det._infer(u8) for _ in range(4)], sync()),
+            graph, full = _paired_median_seconds([lambda: ([det.infer(u8) for _ in range(4)], sync()),
                                                   lambda: (det.predict(arrays, batch_size=batch), sync())],
                                                  max(5, reps))
             row = dict(pipeline="predict(arrays)", runtime=runtime, precision=precision, latency_ms=None,
@@ -169,7 +169,7 @@ def run_bench(backbone: str = "efficientnet_lite0", image_size: int = 256, batch
                 det.eval()
                 with torch.no_grad():
                     label = runtime + ("+compile" if compile and runtime == "torch" else "")
-                    measure("fastmsfd", label, precision, lambda: det._infer(u8[:1]), lambda: det._infer(u8),
+                    measure("fastmsfd", label, precision, lambda: det.infer(u8[:1]), lambda: det.infer(u8),
                             lambda: det.predict(files, batch_size=batch))
                     measure_predict(det, label, precision)
     base = rows[0]

@@ -92,3 +92,23 @@ def border_statistics(heatmaps: torch.Tensor, smooth: float = BORDER_SMOOTH) -> 
 def standardize(heat: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """(heat - mean) / std per pixel, in float32: (B, H, W) with (H, W) statistics."""
     return (heat.float() - mean) / std
+
+
+def fenced_threshold(scores: torch.Tensor, quantile: float, leave_out_far: bool = True,
+                     names: Sequence[str | None] | None = None) -> tuple[float, list[int], str | None]:
+    """(threshold, positions left out, a warning naming them or None): the `quantile` of normal images' scores,
+    leaving out those beyond the far-out fence when leave_out_far (names: what the warning calls each image;
+    its position where a name is None)."""
+    if names is not None and len(names) != len(scores):
+        raise ValueError(f"calibrate: {len(names)} names for {len(scores)} images")
+    far = far_out(scores) if leave_out_far else torch.zeros(len(scores), dtype=torch.bool)
+    thr = threshold(scores[~far], quantile)
+    left_out = far.nonzero().flatten().tolist()
+    message = None
+    if left_out:
+        named = [(names[i] if names is not None else None) or f"normal_images[{i}]" for i in left_out]
+        message = (f"calibrate: {len(left_out)} of {len(scores)} normal images score far above the others "
+                   f"(beyond the upper quartile plus {FAR_OUT_IQRS:g} interquartile ranges) and were left out of "
+                   f"the threshold; look at them, they may be defective or unusual: {', '.join(named)}. "
+                   "calibrate(..., leave_out_far=False) keeps them.")
+    return thr, left_out, message

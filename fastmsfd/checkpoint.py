@@ -72,8 +72,9 @@ def save_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor], c
         save_file(tensors, str(tmp), metadata=meta)
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(tensors, config) from a .fastmsfd file; CheckpointError naming the file for anything wrong."""
+def load_checkpoint(path: str | os.PathLike, with_version: bool = False):
+    """(tensors, config), and the format version with_version, from a .fastmsfd file; CheckpointError naming the
+    file for anything wrong."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -101,7 +102,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         config = json.loads(meta["config"])
     except (KeyError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path}: configuration block missing or corrupt ({exc})") from None
-    return tensors, config
+    return (tensors, config, version) if with_version else (tensors, config)
 
 
 # ---- a Detector in a checkpoint -------------------------------------------------------------------------
@@ -130,41 +131,74 @@ def format_version_of(config: dict[str, Any]) -> int:
     return 1 if plain else 2
 
 
+def migrate(config: dict[str, Any], version: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(settings, info) of a file's flat configuration, written in format `version`: settings the file predates
+    take what its version computed (version 1: LATER_SETTINGS; version 2 files carry every setting, and a file
+    written as version 1 by a later release carries them too); every other key is what fit measured."""
+    from .config import FLAT_KEYS
+
+    settings = {k: v for k, v in config.items() if k in FLAT_KEYS}
+    if version <= 2:
+        settings = {**{k: v for k, v in LATER_SETTINGS.items() if k not in settings}, **settings}
+    info = {k: v for k, v in config.items() if k not in FLAT_KEYS and k not in ("fitted", "fastmsfd_version")}
+    return settings, info
+
+
+def read_settings(path: str | os.PathLike):
+    """A checkpoint's settings (config.DetectorConfig, migrated from its format version), without building a
+    detector: what a reader that only needs the geometry (the Ray path) takes."""
+    from .config import DetectorConfig
+
+    _, config, version = load_checkpoint(path, with_version=True)
+    try:
+        return DetectorConfig.from_dict(migrate(config, version)[0])
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: configuration not usable by this fastmsfd ({exc})") from None
+
+
+def _buffers(config) -> tuple[str, ...]:
+    """The model's buffers a checkpoint carries for these settings."""
+    return BUFFERS + (MAP_NORM_BUFFERS if config.map.map_norm else ()) + \
+        (GLOBAL_BUFFERS[config.score.global_density] if config.score.global_layer else ())
+
+
 def save_detector(det, path: str | os.PathLike) -> None:
-    """Teacher, student, buffers and configuration of a Detector in one file."""
-    tensors = {f"teacher.{k}": v for k, v in det.teacher.state_dict().items()}
-    tensors.update({f"student.{k}": v for k, v in det.student.state_dict().items()})
-    if det.global_teacher is not None:
-        tensors.update({f"global_teacher.{k}": v for k, v in det.global_teacher.state_dict().items()})
-    tensors.update({name: getattr(det, name) for name in BUFFERS}, threshold=det.threshold.reshape(1))
-    if det.settings.map.map_norm:
-        tensors.update({name: getattr(det, name) for name in MAP_NORM_BUFFERS})
-    if det.settings.score.global_layer:
-        tensors.update({name: getattr(det, name) for name in GLOBAL_BUFFERS[det.settings.score.global_density]})
+    """Networks, fitted statistics and configuration of a Detector in one file."""
+    model = det.model
+    tensors = {f"{name}.{k}": v for name, net in _networks(model) for k, v in net.state_dict().items()}
+    tensors.update({name: getattr(model, name) for name in _buffers(det.settings)},
+                   threshold=model.threshold.reshape(1))
     config = dict(det.config, fitted=det.fitted, fastmsfd_version=__version__)
     save_checkpoint(path, tensors, config, format_version_of(config))
 
 
-def load_detector(cls, path: str | os.PathLike, **runtime_kwargs):
-    """A Detector of class cls from a file (see Detector.load); runtime_kwargs: runtime, ops_backend."""
+def _networks(model) -> list[tuple[str, Any]]:
+    return [("teacher", model.teacher), ("student", model.student)] + \
+        ([("global_teacher", model.global_teacher)] if model.global_teacher is not None else [])
+
+
+def load_detector(cls, path: str | os.PathLike, runtime):
+    """A Detector of class cls from a file (see Detector.load); runtime: config.RuntimeSettings."""
     import warnings
 
-    tensors, config = load_checkpoint(path)
+    from .config import DetectorConfig
+
+    tensors, config, version = load_checkpoint(path, with_version=True)
     missing = [k for k in REQUIRED_SETTINGS if k not in config]
     if missing:
         raise CheckpointError(f"{path}: configuration lacks {missing}")
+    settings, info = migrate(config, version)
     try:
+        cfg = DetectorConfig.from_dict(settings)
         with warnings.catch_warnings():  # random init is immediately overwritten by the file's weights
             warnings.simplefilter("ignore")
-            # a file without a later setting keeps what version 1 computed (raw heatmap, map score alone, ...)
-            det = cls(**{k: config[k] for k in REQUIRED_SETTINGS}, weights="random", device="cpu",
-                      **{k: config.get(k, fallback) for k, fallback in LATER_SETTINGS.items()}, **runtime_kwargs)
+            det = cls(cfg.network.backbone, cfg.network.layers, cfg.geometry.image_size, geometry=cfg.geometry,
+                      heatmap=cfg.map, score=cfg.score, runtime=runtime, precision=cfg.network.precision,
+                      weights="random")
     except ValueError as exc:
         raise CheckpointError(f"{path}: configuration not usable by this fastmsfd ({exc})") from None
-    networks = [("teacher", det.teacher), ("student", det.student)]
-    if det.global_teacher is not None:
-        networks.append(("global_teacher", det.global_teacher))
-    for name, module in networks:
+    model = det.model
+    for name, module in _networks(model):
         state = {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")}
         try:
             module.load_state_dict(state, strict=True)
@@ -173,20 +207,18 @@ def load_detector(cls, path: str | os.PathLike, **runtime_kwargs):
                 (config["backbone"], config["layers"])
             raise CheckpointError(f"{path}: {name} weights do not match backbone "
                                   f"{backbone[0]} {backbone[1]} ({str(exc)[:200]})") from None
-    score = det.settings.score
-    for name in BUFFERS + (MAP_NORM_BUFFERS if det.settings.map.map_norm else ()) + \
-            (GLOBAL_BUFFERS[score.global_density] if score.global_layer else ()):
-        want = getattr(det, name).shape
+    for name in _buffers(det.settings):
+        want = getattr(model, name).shape
         got = tensors[name].shape if name in tensors else None
         if name == MEMORY and got is not None and len(got) == 2 and got[0] >= 1 and got[1] == want[1]:
-            setattr(det, name, tensors[name].float().clone())
+            setattr(model, name, tensors[name].float().clone())
             continue
         if got != want:
             raise CheckpointError(f"{path}: {name} missing or of the wrong shape")
-        getattr(det, name).copy_(tensors[name])
-    det.threshold.fill_(float(tensors["threshold"][0]) if "threshold" in tensors else float("nan"))
-    settings = set(det.settings.to_dict()) | {"fitted", "fastmsfd_version"}
-    det.info.update({k: v for k, v in config.items() if k not in settings})
-    det.settings = det.settings.replace(random_teacher=bool(config.get("random_teacher", False)))
+        getattr(model, name).copy_(tensors[name])
+    model.threshold.fill_(float(tensors["threshold"][0]) if "threshold" in tensors else float("nan"))
+    det.info.update(info)
+    model.config = model.config.replace(random_teacher=bool(config.get("random_teacher", False)))
+    det.requested = model.config
     det.fitted = bool(config.get("fitted", True))
     return det

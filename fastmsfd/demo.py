@@ -40,6 +40,7 @@ def run_demo(out: str | Path, image_size: int = 128, epochs: int = 40, lr: float
              score_topk: float | None = 0.01, map_norm: str | None = "border", augment: str | None = "flip",
              progress: bool = True, layers=DEMO_LAYERS, global_layer: str | None = None) -> dict:
     """Fit, evaluate and report every demo texture under `out`; returns the summary (also summary.json)."""
+    from .config import MapSettings, ScoreSettings
     from .demo_data import make_demo_dataset
     from .detector import Detector
     from .evaluate import evaluate_category
@@ -50,8 +51,8 @@ def run_demo(out: str | Path, image_size: int = 128, epochs: int = 40, lr: float
     rows = []
     for cat in cats:
         t0 = time.perf_counter()
-        det = Detector(image_size=image_size, score_topk=score_topk, map_norm=map_norm, layers=layers,
-                       global_layer=global_layer)
+        det = Detector(layers=layers, image_size=image_size, heatmap=MapSettings(map_norm=map_norm),
+                       score=ScoreSettings(score_topk=score_topk, global_layer=global_layer))
         det.fit(cat, epochs=epochs, lr=lr, seed=seed, progress=progress, augment=augment)
         fit_s = time.perf_counter() - t0
         det.save(out / cat.name / "model.fastmsfd")

@@ -2,6 +2,7 @@
 layer weights, the border statistics and the threshold on normal images only."""
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from collections.abc import Iterator
@@ -10,6 +11,7 @@ import torch
 
 from . import calibration, geometry, global_score, tiling
 from .backbones import build_student
+from .config import resolve
 from .data import as_hw
 from .datasets import normal_image_sizes, normal_images_u8, source_paths
 from .distributed import data_parallel, init_from_env, rank_device
@@ -58,12 +60,13 @@ def fit_detector(det, source, epochs: int | None, batch_size: int, lr: float, va
     if paths is not None:  # a folder is walked once: the geometry, the loading and the held-out names read this
         source = paths
     choose_geometry(det, source, progress)
-    images = normal_images_u8(source, det.input_hw, progress, det.settings.network.resize)
+    model = det.model
+    images = normal_images_u8(source, det.input_hw, progress, det.settings.geometry.resize)
     train, val, n_val = split_held_out(images, val_fraction, seed)
     # tiles: the student learns from random tiles of the training images; the held-out images are cut into the
     # grid's tiles for early stopping and the layer weights, and scored whole for the threshold
     crops = torch.Generator().manual_seed(seed)
-    val_net = val if det.grid is None else held_out_tiles(val, det.grid, seed)
+    val_net = val if model.grid is None else held_out_tiles(val, model.grid, seed)
     # A fresh student initialised from the seed: fit is reproducible across processes and a second fit starts
     # from scratch instead of continuing the first.
     with torch.random.fork_rng(devices=[]):
@@ -72,43 +75,45 @@ def fit_detector(det, source, epochs: int | None, batch_size: int, lr: float, va
     device = rank_device(det.device)  # torchrun on GPUs: this rank's own GPU
     if device != det.device:
         det.to(device)
-    det.student = student.to(device, memory_format=torch.channels_last)
+    model.student = student.to(device, memory_format=torch.channels_last)
     rank, world = init_from_env(device)  # torchrun: one shard of every global batch per process
     maps = det.settings.map
     cfg = TrainConfig(epochs=auto_epochs(len(train)) if epochs is None else epochs, batch_size=batch_size, lr=lr,
                       alpha=maps.alpha, beta=maps.beta, seed=seed, progress=progress and rank == 0, rank=rank,
-                      world_size=world, ops_backend=det.ops_backend, **train_kwargs)
-    det.layer_weights.fill_(1.0)
-    det.map_mean.zero_()
-    det.map_std.fill_(1.0)
-    net_hw = det.network_hw
-    det.teacher.fit_statistics(det._prepare(tiling.random_crops(train[i:i + 32], net_hw, crops))
-                               for i in range(0, len(train), 32))
-    if det.global_teacher is not None:  # its own feature statistics, of what it sees: whole images
-        det.global_teacher.fit_statistics(det.global_teacher_input(det.whole_image(det._prepare(train[i:i + 32])))
-                                          for i in range(0, len(train), 32))
-    det._fitting = True
+                      world_size=world, ops_backend=model.ops_backend, **train_kwargs)
+    model.layer_weights.fill_(1.0)
+    model.map_mean.zero_()
+    model.map_std.fill_(1.0)
+    net_hw = model.network_hw
+    model.teacher.fit_statistics(model.normalize(tiling.random_crops(train[i:i + 32], net_hw, crops))
+                                 for i in range(0, len(train), 32))
+    if model.global_teacher is not None:  # its own feature statistics, of what it sees: whole images
+        model.global_teacher.fit_statistics(
+            model.global_teacher_input(model.whole_image(model.normalize(train[i:i + 32])))
+            for i in range(0, len(train), 32))
+    det.set_compute_precision(training=True)
     try:
-        with data_parallel(det.student, device, world) as ddp_student:  # torchrun: DDP + global-batch BatchNorm
-            features = det.features if world == 1 else \
-                (lambda x: det._features(x, ddp_student, pooled_global=False)[:2])
-            det.history = distill(det.teacher, det.student, features, train, val_net,
-                                  lambda u8: det._prepare(tiling.random_crops(u8, net_hw, crops)), cfg)
+        with data_parallel(model.student, device, world) as ddp_student:  # torchrun: DDP + global-batch BatchNorm
+            features = model.features if world == 1 else (lambda x: model.features(x, ddp_student))
+            det.history = distill(model.teacher, model.student, features, train, val_net,
+                                  lambda u8: model.normalize(tiling.random_crops(u8, net_hw, crops)), cfg)
     finally:
-        det._fitting = False
+        det.set_compute_precision()
     det.eval()
-    set_layer_weights(det, val_net)
+    set_layer_weights(model, val_net)
     if maps.map_norm:
-        set_border_statistics(det, train if det.grid is None else tiling.random_crops(train, net_hw, crops))
-    if det.settings.score.global_layer:
-        set_global_statistics(det, train, val, n_val)
-        if det.global_weight_request == "auto":
-            choose_global_weight(det, val, seed)
+        set_border_statistics(model, train if model.grid is None else tiling.random_crops(train, net_hw, crops))
+    if model.has_global:
+        set_global_statistics(model, train, val, n_val)
+        if det.requested.score.global_weight == "auto":
+            det.info["global_weight_choice"] = choose_global_weight(model, val, seed)
     det.fitted = True
     det.reset_runtime()
     det.calibrate(val, quantile=calibrate_quantile, names=held_out_names(source, len(images), val_fraction, seed))
     det.info.update(n_train=len(train), n_val=n_val, epochs_run=len(det.history.val_loss),
                     fit_seconds=round(det.history.seconds, 2), training=recipe(cfg))
+    if progress and rank == 0:
+        print(f"fastmsfd fit: settings {json.dumps(det.settings.to_dict())}")
 
 
 def held_out_names(source, n: int, val_fraction: float, seed: int) -> list[str]:
@@ -137,62 +142,64 @@ def choose_geometry(det, source, progress: bool) -> None:
     """image_size="auto": the training images' aspect at about geometry.AUTO_AREA pixels (said when progress is
     on, and kept in det.info["geometry"]); any size: each side rounded to the map layers' stride, with a
     warning naming the size used. The networks' input is the tile when there are tiles, so that is rounded."""
-    hw, tile = det.input_hw, det.settings.network.tile
-    if det.image_size_request == "auto":
+    model = det.model
+    hw, tile = model.input_hw, det.settings.geometry.tile
+    if det.requested.geometry.image_size == "auto":
         sizes = normal_image_sizes(source)
-        hw = geometry.auto_image_size(sizes, det.stride)
+        hw = as_hw(resolve(det.requested, sizes, model.stride).geometry.image_size)
         det.info["geometry"] = {"image_size": list(hw), "how": "median aspect of the training images",
                                 "n_images": len(sizes)}
         if progress:
             print(f"fastmsfd fit: image_size auto -> {hw[0]}x{hw[1]} (height x width; median aspect of "
                   f"{len(sizes)} training images)")
     elif tile is None:
-        hw = geometry.round_to_stride(hw, det.stride)
+        hw = geometry.round_to_stride(hw, model.stride)
     else:
-        tile = geometry.round_to_stride(det.network_hw, det.stride, "tile")
-    if tuple(hw) != det.input_hw or (tile is not None and as_hw(tile) != det.network_hw):
-        det.set_geometry(hw, tile)
-    if det.settings.score.global_image_size is not None and det.settings.score.global_layer and progress:
-        h, w = det.global_hw
+        tile = geometry.round_to_stride(model.network_hw, model.stride, "tile")
+    if tuple(hw) != model.input_hw or (tile is not None and as_hw(tile) != model.network_hw):
+        model.set_geometry(hw, tile)
+        det.reset_runtime()
+    if det.settings.score.global_image_size is not None and model.has_global and progress:
+        h, w = model.global_hw
         print(f"fastmsfd fit: the global branch sees the whole image at {h}x{w} (height x width)")
 
 
-def _batched_features(det, images_u8: torch.Tensor, batch_size: int = 16):
+def _batched_features(model, images_u8: torch.Tensor, batch_size: int = 16):
     """Teacher and student features of uint8 network inputs (images, or tiles), one batch at a time."""
     for i in range(0, len(images_u8), batch_size):
-        yield det.features(det._prepare(images_u8[i:i + batch_size]))
+        yield model.features(model.normalize(images_u8[i:i + batch_size]))
 
 
-def _pooled_global(det, images_u8: torch.Tensor, batch_size: int = 16):
+def _pooled_global(model, images_u8: torch.Tensor, batch_size: int = 16):
     """The global layer's pooled features of whole uint8 images, one batch at a time, as inference computes
     them (Detector.whole_image_features); the teacher alone runs."""
     for i in range(0, len(images_u8), batch_size):
-        yield det.whole_image_features(det._prepare(images_u8[i:i + batch_size]))
+        yield model.whole_image_features(model.normalize(images_u8[i:i + batch_size]))
 
 
 @torch.no_grad()
-def set_layer_weights(det, images_u8: torch.Tensor) -> None:
-    """det.layer_weights from held-out normal images (calibration.layer_weights)."""
-    per_layer: list[list[torch.Tensor]] = [[] for _ in det.layers]
-    for t, s in _batched_features(det, images_u8):
+def set_layer_weights(model, images_u8: torch.Tensor) -> None:
+    """model.layer_weights from held-out normal images (calibration.layer_weights)."""
+    per_layer: list[list[torch.Tensor]] = [[] for _ in model.layer_weights]
+    for t, s in _batched_features(model, images_u8):
         for layer, (tl, sl) in enumerate(zip(t, s)):
-            per_layer[layer].append(reference.combined_distance(tl, sl, det.settings.map.alpha,
-                                                                det.settings.map.beta).flatten())
-    det.layer_weights.copy_(calibration.layer_weights([torch.cat(d) for d in per_layer]))
+            per_layer[layer].append(reference.combined_distance(tl, sl, model.config.map.alpha,
+                                                                model.config.map.beta).flatten())
+    model.layer_weights.copy_(calibration.layer_weights([torch.cat(d) for d in per_layer]))
 
 
 @torch.no_grad()
-def set_border_statistics(det, images_u8: torch.Tensor) -> None:
-    """det.map_mean / map_std from the raw heatmaps of normal images, pooled by distance to the border. fit()
+def set_border_statistics(model, images_u8: torch.Tensor) -> None:
+    """model.map_mean / map_std from the raw heatmaps of normal images, pooled by distance to the border. fit()
     passes the training images, not the small held-out part: the ring statistics need many images (the demo's
     8 held-out crops were too noisy). The student fits its training images more closely, but a shift or scale
     shared by all pixels changes no ranking, and the threshold is calibrated afterwards on held-out images."""
     step = max(1, math.ceil(len(images_u8) / MAP_NORM_MAX_IMAGES))
-    heat = torch.cat([det.maps_from_features(t, s, standardize=False)[0]
-                      for t, s in _batched_features(det, images_u8[::step])])
+    heat = torch.cat([model.raw_heatmaps(t, s)[0]
+                      for t, s in _batched_features(model, images_u8[::step])])
     mean, std = calibration.border_statistics(heat)
-    det.map_mean.copy_(mean)
-    det.map_std.copy_(std)
+    model.map_mean.copy_(mean)
+    model.map_std.copy_(std)
 
 
 def _scale_images(train: torch.Tensor, val: torch.Tensor, n_val: int) -> tuple[torch.Tensor, bool]:
@@ -210,34 +217,34 @@ def _scale_images(train: torch.Tensor, val: torch.Tensor, n_val: int) -> tuple[t
 
 
 @torch.no_grad()
-def set_global_statistics(det, train_u8: torch.Tensor, held_out_u8: torch.Tensor, n_held_out: int) -> None:
+def set_global_statistics(model, train_u8: torch.Tensor, held_out_u8: torch.Tensor, n_held_out: int) -> None:
     """The global branch: its density from the training images' pooled features (their nearest-neighbour
     memory, or a Gaussian), then the mean and std of the map score and of the global score on held-out normal
     images (_scale_images), which put both on one scale before they are fused (global_score.fuse)."""
-    pooled = torch.cat([g.float().cpu() for g in _pooled_global(det, train_u8)])
-    nearest = det.settings.score.global_density == "nearest"
+    pooled = torch.cat([g.float().cpu() for g in _pooled_global(model, train_u8)])
+    nearest = model.config.score.global_density == "nearest"
     if nearest:
-        det.global_memory = global_score.memory_bank(pooled).to(det.global_memory.device)
+        model.global_memory = global_score.memory_bank(pooled).to(model.global_memory.device)
     else:
         mean, precision = global_score.fit_density(pooled)
-        det.global_mean.copy_(mean)
-        det.global_precision.copy_(precision)
+        model.global_mean.copy_(mean)
+        model.global_precision.copy_(precision)
     scale_u8, with_train = _scale_images(train_u8, held_out_u8, n_held_out)
-    map_scores, global_scores = _map_and_global_scores(det, scale_u8)
+    map_scores, global_scores = _map_and_global_scores(model, scale_u8)
     if nearest and with_train:
         # training images among them (listed last) are in the memory and would score 0: each scores against
         # the others instead, as a new normal image would
         global_scores[-len(train_u8):] = global_score.leave_one_out_distance(pooled)
     stats = global_score.standardize_stats(map_scores) + global_score.standardize_stats(global_scores)
-    det.score_stats.copy_(torch.tensor(stats))
+    model.score_stats.copy_(torch.tensor(stats))
 
 
 @torch.no_grad()
-def _map_and_global_scores(det, images_u8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _map_and_global_scores(model, images_u8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The map score and the global score of each image, before fusion (float32, CPU)."""
     map_scores, global_scores = [], []
     for i in range(0, len(images_u8), 16):
-        _, m, g = det.map_and_global(det._prepare(images_u8[i:i + 16]))
+        _, m, g = model.map_and_global(model.normalize(images_u8[i:i + 16]))
         map_scores.append(m.float().cpu())
         global_scores.append(g.float().cpu())
     return torch.cat(map_scores), torch.cat(global_scores)
@@ -265,28 +272,25 @@ def synthetic_anomalies(images_u8: torch.Tensor, seed: int, per_image: int = 2, 
     return torch.stack(out)
 
 
-def _standardized_scores(det, images_u8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(z map score, z global score) of uint8 images, standardised like fuse() does."""
-    m, glob = _map_and_global_scores(det, images_u8)
-    stats = det.score_stats.cpu()
-    return global_score.fuse(m, glob, stats, 0.0), global_score.fuse(m, glob, stats, 1.0)
+def _standardized_scores(model, images_u8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z map score, z global score) of uint8 images, standardised as the model's forward does."""
+    m, glob = _map_and_global_scores(model, images_u8)
+    return global_score.standardized(m, glob, model.score_stats.cpu())
 
 
-def choose_global_weight(det, held_out_u8: torch.Tensor, seed: int) -> float:
+def choose_global_weight(model, held_out_u8: torch.Tensor, seed: int) -> dict:
     """global_weight="auto": the weight of WEIGHT_GRID that best separates held-out normal images from the same
     images with synthetic defects pasted on (normal images only, no labels); ties go to the weight nearest the
     default (global_score.DEFAULT_WEIGHT).
-    Sets det's settings and records the choice in det.info["global_weight_choice"]."""
+    Sets the model's global_weight; returns the choice and its table (fit keeps it in info["global_weight_choice"])."""
     from .metrics import auroc
 
-    normal = _standardized_scores(det, held_out_u8)
-    anomalous = _standardized_scores(det, synthetic_anomalies(held_out_u8, seed))
+    normal = _standardized_scores(model, held_out_u8)
+    anomalous = _standardized_scores(model, synthetic_anomalies(held_out_u8, seed))
     labels = torch.cat([torch.zeros(len(normal[0])), torch.ones(len(anomalous[0]))]).numpy()
     z_map, z_glob = torch.cat([normal[0], anomalous[0]]), torch.cat([normal[1], anomalous[1]])
-    table = {w: auroc(labels, ((1 - w) * z_map + w * z_glob).numpy()) for w in WEIGHT_GRID}
+    table = {w: auroc(labels, global_score.fuse_z(z_map, z_glob, w).numpy()) for w in WEIGHT_GRID}
     best = max(WEIGHT_GRID, key=lambda w: (round(table[w], 4), -abs(w - global_score.DEFAULT_WEIGHT)))
-    det.settings = det.settings.replace(global_weight=best)
-    det.info["global_weight_choice"] = {"weight": best, "how": "synthetic defects on held-out normal images",
-                                        "n_normal": len(normal[0]), "n_synthetic": len(anomalous[0]),
-                                        "synthetic_auroc": {str(w): round(a, 4) for w, a in table.items()}}
-    return best
+    model.config = model.config.replace(global_weight=best)
+    return {"weight": best, "how": "synthetic defects on held-out normal images", "n_normal": len(normal[0]),
+            "n_synthetic": len(anomalous[0]), "synthetic_auroc": {str(w): round(a, 4) for w, a in table.items()}}

@@ -39,6 +39,16 @@ def pad_edges(image: torch.Tensor, box: tuple[int, int, int, int], canvas_hw: Se
     return image[..., rows, :][..., cols]
 
 
+def to_canvas(images: torch.Tensor, canvas_hw: Sequence[int], policy: str) -> torch.Tensor:
+    """Float images (B, C, h, w) at canvas_hw by the resize policy (bilinear, antialiased; keep_aspect pads)."""
+    if tuple(images.shape[-2:]) == tuple(canvas_hw):
+        return images
+    box = content_box(tuple(images.shape[-2:]), canvas_hw, policy)
+    images = torch.nn.functional.interpolate(images, size=box[2:], mode="bilinear", antialias=True,
+                                             align_corners=False)
+    return pad_edges(images, box, canvas_hw)
+
+
 def round_to_stride(hw: tuple[int, int], stride: int, what: str = "image_size") -> tuple[int, int]:
     """hw with each side rounded to the nearest multiple of stride (at least one stride); warns naming the size
     used when it changes anything. A side that is not a multiple leaves the deepest cells half on padding."""

@@ -124,11 +124,20 @@ def standardize_stats(scores: torch.Tensor) -> tuple[float, float]:
     return float(s.mean()), max(float(s.std()) if len(s) > 1 else 0.0, 1e-6)
 
 
+def standardized(map_score: torch.Tensor, global_score: torch.Tensor, stats: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z map score, z global score); stats = [map mean, map std, global mean, global std]."""
+    return (map_score.float() - stats[0]) / stats[1], (global_score.float() - stats[2]) / stats[3]
+
+
+def fuse_z(z_map: torch.Tensor, z_global: torch.Tensor, weight: float) -> torch.Tensor:
+    """The fused image score of standardised parts: (1 - weight) * z_map + weight * z_global."""
+    return (1 - weight) * z_map + weight * z_global
+
+
 def fuse(map_score: torch.Tensor, global_score: torch.Tensor, stats: torch.Tensor, weight: float) -> torch.Tensor:
     """(1 - weight) * z(map score) + weight * z(global score); stats = [map mean, map std, global mean, std]."""
-    z_map = (map_score.float() - stats[0]) / stats[1]
-    z_glob = (global_score.float() - stats[2]) / stats[3]
-    return (1 - weight) * z_map + weight * z_glob
+    return fuse_z(*standardized(map_score, global_score, stats), weight)
 
 
 def memory_bank(features: torch.Tensor, max_size: int = MAX_MEMORY) -> torch.Tensor:

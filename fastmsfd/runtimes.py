@@ -173,9 +173,10 @@ class OnnxRuntimeRunner:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(onnx_model, opts, providers=["CPUExecutionProvider"])
 
-    def __call__(self, images_u8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        heat, score = self.session.run(None, {"images": np.ascontiguousarray(images_u8.cpu().numpy())})
-        return torch.from_numpy(heat), torch.from_numpy(score)
+    def __call__(self, images_u8: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The graph's outputs (model.OUTPUT_NAMES), in order."""
+        outputs = self.session.run(None, {"images": np.ascontiguousarray(images_u8.cpu().numpy())})
+        return tuple(torch.from_numpy(o) for o in outputs)
 
 
 OPENVINO_PRECISIONS = {"float32": "f32", "bfloat16": "bf16"}
@@ -201,13 +202,13 @@ class OpenVinoRunner:
         self.compiled = openvino_compile(onnx_model, precision, threads, PERFORMANCE_HINT="LATENCY")
         self._local = threading.local()  # an InferRequest is not thread-safe: one per calling thread
 
-    def __call__(self, images_u8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, images_u8: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The graph's outputs (model.OUTPUT_NAMES), in order."""
         request = getattr(self._local, "request", None)
         if request is None:
             request = self._local.request = self.compiled.create_infer_request()
         out = request.infer({"images": np.ascontiguousarray(images_u8.cpu().numpy())})
-        heat, score = (np.array(out[self.compiled.output(i)]) for i in range(2))
-        return torch.from_numpy(heat), torch.from_numpy(score)
+        return tuple(torch.from_numpy(np.array(out[o])) for o in self.compiled.outputs)
 
 
 def build_runner(name: str, onnx_model: bytes, precision: str = "float32"):

@@ -11,6 +11,7 @@ sees the whole image once at its own size (whole_view; Detector.global_hw), not 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -84,6 +85,17 @@ def _place(x: torch.Tensor, canvas: tuple[int, int], pos: tuple[int, int]) -> to
     (H, W), (r, c) = canvas, pos
     th, tw = x.shape[-2:]
     return F.pad(x, (c, W - c - tw, r, H - r - th))
+
+
+def warn_smaller_than_tile(sizes, names, grid: TileGrid, stacklevel: int = 2) -> None:
+    """Images smaller than one tile are up-sampled to the canvas like any other (documented): say so."""
+    th, tw = grid.tile
+    small = [(n or f"images[{i}]", hw) for i, (hw, n) in enumerate(zip(sizes, names)) if hw[0] < th or hw[1] < tw]
+    if small:
+        name, (h, w) = small[0]
+        warnings.warn(f"{len(small)} image(s) smaller than one tile ({th}x{tw}), e.g. {name} ({h}x{w}): "
+                      f"up-sampled to image_size {grid.canvas[0]}x{grid.canvas[1]} and run as tiles",
+                      stacklevel=stacklevel + 1)
 
 
 def cut(images: torch.Tensor, grid: TileGrid) -> torch.Tensor:

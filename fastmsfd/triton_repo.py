@@ -1,6 +1,7 @@
 """A model repository for NVIDIA Triton Inference Server: REPO/<name>/config.pbtxt + REPO/<name>/1/model.onnx.
 
-The ONNX graph is fastmsfd's own export (uint8 RGB images resized to S x S -> heatmap, score; normalisation
+The ONNX graph is fastmsfd's own export (uint8 RGB images resized to H x W -> heatmap, score and
+the score's parts; normalisation
 inside), served by Triton's ONNX Runtime backend with dynamic batching. The threshold and the preprocessing a
 client must do travel in the config's parameters (and in the ONNX metadata).
 """
@@ -13,7 +14,8 @@ from pathlib import Path
 
 from ._version import __version__
 from .checkpoint import atomic_path
-from .export import INPUT_NAME, OUTPUT_NAMES, onnx_bytes
+from .export import INPUT_NAME, onnx_bytes
+from .model import OUTPUT_NAMES
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -29,7 +31,7 @@ def config_pbtxt(name: str, image_hw: tuple[int, int], threshold: float, max_bat
     param_text = "\n".join(f'parameters {{ key: "{k}" value {{ string_value: {json.dumps(str(v))} }} }}'
                            for k, v in params.items())
     preferred = sorted({b for b in (1, 2, 4, max_batch_size) if b <= max_batch_size})
-    heatmap, score = OUTPUT_NAMES
+    heatmap, score, map_z, global_z, peak = OUTPUT_NAMES
     return f"""name: "{name}"
 platform: "onnxruntime_onnx"
 max_batch_size: {max_batch_size}
@@ -38,7 +40,10 @@ input [
 ]
 output [
   {{ name: "{heatmap}" data_type: TYPE_FP32 dims: [ {H}, {W} ] }},
-  {{ name: "{score}" data_type: TYPE_FP32 dims: [ 1 ] reshape: {{ shape: [ ] }} }}
+  {{ name: "{score}" data_type: TYPE_FP32 dims: [ 1 ] reshape: {{ shape: [ ] }} }},
+  {{ name: "{map_z}" data_type: TYPE_FP32 dims: [ 1 ] reshape: {{ shape: [ ] }} }},
+  {{ name: "{global_z}" data_type: TYPE_FP32 dims: [ 1 ] reshape: {{ shape: [ ] }} }},
+  {{ name: "{peak}" data_type: TYPE_INT64 dims: [ 2 ] }}
 ]
 dynamic_batching {{
   preferred_batch_size: [ {", ".join(map(str, preferred))} ]
@@ -51,12 +56,12 @@ dynamic_batching {{
 def _geometry_params(detector) -> dict[str, str]:
     """keep_aspect changes what the client sends; tiles run inside the graph (said for the record)."""
     out = {}
-    if detector.settings.network.resize == "keep_aspect":
+    if detector.settings.geometry.resize == "keep_aspect":
         out["resize"] = (f"each image to fit inside {detector.input_hw[0]}x{detector.input_hw[1]} with its aspect "
                          "kept (bilinear with antialiasing), centred, the rest filled by repeating its edge pixels")
-    if detector.grid is not None:
-        th, tw = detector.network_hw
-        out["tiles"] = f"{len(detector.grid)} tiles of {th}x{tw} inside the graph"
+    grid = detector.model.grid
+    if grid is not None:
+        out["tiles"] = f"{len(grid)} tiles of {grid.tile[0]}x{grid.tile[1]} inside the graph"
     return out
 
 

@@ -33,14 +33,14 @@ def fitted():
 
 def test_fit_sets_weights_threshold_and_history(fitted):
     assert fitted.fitted and len(fitted.history.val_loss) == 2
-    assert torch.isfinite(fitted.layer_weights).all() and (fitted.layer_weights > 0).all()
+    assert torch.isfinite(fitted.model.layer_weights).all() and (fitted.model.layer_weights > 0).all()
     assert np.isfinite(float(fitted.threshold))
     assert "efficientnet_lite0" in repr(fitted) and "fitted" in repr(fitted)
 
 
 def test_teacher_stays_frozen_after_fit(fitted):
-    assert not any(p.requires_grad for p in fitted.teacher.parameters())
-    assert not fitted.teacher.training
+    assert not any(p.requires_grad for p in fitted.model.teacher.parameters())
+    assert not fitted.model.teacher.training
 
 
 def test_predict_accepts_every_input_kind(fitted, tmp_path):
@@ -161,7 +161,7 @@ def test_save_load_round_trip_identical(fitted, tmp_path):
     assert torch.equal(a.heatmaps, b.heatmaps) and torch.equal(a.scores, b.scores)
     assert float(loaded.threshold) == float(fitted.threshold)
     assert loaded.config["backbone"] == "efficientnet_lite0" and loaded.fitted
-    assert not any(p.requires_grad for p in loaded.teacher.parameters())
+    assert not any(p.requires_grad for p in loaded.model.teacher.parameters())
 
 
 def test_corrupt_checkpoints_give_clear_errors(fitted, tmp_path):
@@ -357,12 +357,16 @@ def test_torch_compile_option_gives_the_same_maps(fitted):
     x = _images(2, seed=11)
     fitted.reset_runtime("torch")
     want = fitted.predict(x)
-    fitted.compile_mode = True
+    fitted.model.compile_mode = True
     try:
-        got = fitted.predict(x)
-        assert fitted._compiled is not None
+        calls = []
+        real_compile = torch.compile
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(torch, "compile", lambda fn, **kw: calls.append(kw) or real_compile(fn, **kw))
+            got = fitted.predict(x)
+        assert calls, "torch.compile was not used"
     finally:
-        fitted.compile_mode = False
+        fitted.model.compile_mode = False
         fitted.reset_runtime("auto")
     torch.testing.assert_close(got.heatmaps, want.heatmaps, rtol=1e-4, atol=1e-4 * want.heatmaps.abs().max().item())
 
@@ -388,8 +392,8 @@ def test_bilinear_upsampling_detector_round_trip_and_export(fitted, tmp_path):
     pytest.importorskip("onnxruntime")
     det = Detector(image_size=SIZE, upsampling="bilinear", aggregate="product", alpha=0.0, runtime="torch",
                    global_layer=None)
-    det.student.load_state_dict(fitted.student.state_dict())
-    det.teacher.load_state_dict(fitted.teacher.state_dict())
+    det.model.student.load_state_dict(fitted.model.student.state_dict())
+    det.model.teacher.load_state_dict(fitted.model.teacher.state_dict())
     det.fitted = True
     path = tmp_path / "b.fastmsfd"
     det.save(path)
@@ -440,27 +444,27 @@ def test_fit_measures_border_statistics_and_predict_standardises(fitted):
     from fastmsfd.ops import reference
 
     assert fitted.config["map_norm"] == "border" and "map_norm=border" in repr(fitted)
-    assert not torch.equal(fitted.map_std, torch.ones_like(fitted.map_std))
+    assert not torch.equal(fitted.model.map_std, torch.ones_like(fitted.model.map_std))
     # the statistics are those of the raw heatmaps of the images they were measured on
     x = _images(6, seed=21, size=SIZE)
     with torch.no_grad():
-        raw = fitted.maps_from_features(*fitted.features(fitted._prepare(x)), standardize=False)[0]
-    saved = fitted.map_mean.clone(), fitted.map_std.clone()
+        raw = fitted.model.raw_heatmaps(*fitted.model.features(fitted.model.normalize(x)))[0]
+    saved = fitted.model.map_mean.clone(), fitted.model.map_std.clone()
     try:
-        set_border_statistics(fitted, x)
+        set_border_statistics(fitted.model, x)
         mean, std = calibration.border_statistics(raw)
-        torch.testing.assert_close(fitted.map_mean, mean, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(fitted.map_std, std, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(fitted.model.map_mean, mean, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(fitted.model.map_std, std, rtol=1e-5, atol=1e-6)
     finally:
-        fitted.map_mean.copy_(saved[0])
-        fitted.map_std.copy_(saved[1])
+        fitted.model.map_mean.copy_(saved[0])
+        fitted.model.map_std.copy_(saved[1])
         fitted.reset_runtime()
     # predict: (raw - mean) / std per pixel, then the top-k score of that
     y = _images(3, seed=22, size=SIZE)
     with torch.no_grad():
-        raw = fitted.maps_from_features(*fitted.features(fitted._prepare(y)), standardize=False)[0]
+        raw = fitted.model.raw_heatmaps(*fitted.model.features(fitted.model.normalize(y)))[0]
     pred = fitted.predict(y)
-    want = (raw - fitted.map_mean) / fitted.map_std
+    want = (raw - fitted.model.map_mean) / fitted.model.map_std
     torch.testing.assert_close(pred.heatmaps, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
     torch.testing.assert_close(pred.scores, reference.image_score(want, fitted.config["score_topk"]), rtol=1e-4,
                                atol=1e-4)
@@ -472,7 +476,7 @@ def test_map_norm_none_scores_the_raw_heatmap(fitted):
     det.fitted = True
     x = _images(3, seed=23, size=SIZE)
     with torch.no_grad():
-        raw, raw_score = det.maps_from_features(*det.features(det._prepare(x)), standardize=False)
+        raw, raw_score = det.model.raw_heatmaps(*det.model.features(det.model.normalize(x)))
     pred = det.predict(x)
     assert torch.equal(pred.heatmaps, raw) and torch.equal(pred.scores, raw_score)
     with pytest.raises(ValueError, match="map_norm"):
@@ -489,7 +493,7 @@ def test_checkpoint_from_before_map_norm_loads_as_raw_heatmap(fitted, tmp_path):
     assert old.config["map_norm"] is None
     x = _images(2, seed=24, size=SIZE)
     with torch.no_grad():
-        raw = fitted.maps_from_features(*fitted.features(fitted._prepare(x)), standardize=False)[0]
+        raw = fitted.model.raw_heatmaps(*fitted.model.features(fitted.model.normalize(x)))[0]
     torch.testing.assert_close(old.predict(x).heatmaps, raw, rtol=1e-5, atol=1e-6)
     # a file that says it standardises but lacks the statistics is refused by name
     fitted.save(path)

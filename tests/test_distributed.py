@@ -50,7 +50,7 @@ def test_torchrun_two_processes_match_one(tmp_path):
     _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
           "--master_addr=127.0.0.1", "-m", "fastmsfd", "-q", "fit", str(data), "-o", "two.fastmsfd", *ARGS], tmp_path)
     one, two = Detector.load(tmp_path / "one.fastmsfd"), Detector.load(tmp_path / "two.fastmsfd")
-    a, b = one.student.state_dict(), two.student.state_dict()
+    a, b = one.model.student.state_dict(), two.model.student.state_dict()
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(b[k].float(), a[k].float(), rtol=0, atol=8 * LR + 1e-6, msg=k)

@@ -9,6 +9,7 @@ import torch
 
 from fastmsfd import Detector
 from fastmsfd.cli import main
+from fastmsfd.model import OUTPUT_NAMES, ModelOutput
 from fastmsfd.runtimes import choose, runtime_status
 
 onnx = pytest.importorskip("onnx", reason="onnx not installed")
@@ -45,6 +46,20 @@ def _compare(heat, score, ref_heat, ref_score):
     torch.testing.assert_close(score, ref_score, rtol=1e-4, atol=1e-4 * scale)
 
 
+def compare_outputs(got, ref):
+    """Every output of the model (model.ModelOutput): heatmap and score as _compare, the score's parts within
+    1e-4 of the score's scale (NaN where the reference is), and each peak where the reference heatmap is within
+    1e-4 of its maximum (a tie may break either way)."""
+    _compare(got.heatmap, got.score, ref.heatmap, ref.score)
+    scale = max(1.0, ref.score.abs().max().item())
+    torch.testing.assert_close(got.map_z, ref.map_z, rtol=1e-4, atol=1e-4 * scale)
+    torch.testing.assert_close(got.global_z, ref.global_z, rtol=1e-4, atol=1e-4 * scale, equal_nan=True)
+    assert got.peak.dtype == torch.int64 and got.peak.shape == (len(ref.score), 2)
+    at_peak = ref.heatmap[torch.arange(len(got.peak)), got.peak[:, 0], got.peak[:, 1]]
+    top = ref.heatmap.flatten(1).max(1).values
+    assert ((top - at_peak) <= 1e-4 * ref.heatmap.abs().max()).all()
+
+
 @pytest.mark.parametrize("dynamic", [True, False])
 def test_onnx_graph_matches_torch(det, tmp_path, dynamic):
     path = det.export_onnx(tmp_path / "m.onnx", dynamic_batch=dynamic)
@@ -59,13 +74,14 @@ def test_onnx_graph_matches_torch(det, tmp_path, dynamic):
     u8 = torch.nn.functional.interpolate(u8.float(), size=(SIZE, SIZE), mode="bilinear", antialias=True)
     u8 = u8.round().clamp(0, 255).to(torch.uint8)
     with torch.no_grad():
-        ref_heat, ref_score = det.heatmaps_and_scores(det._prepare(u8))
+        ref = det.model(u8)
+    assert [o.name for o in sess.get_outputs()] == list(OUTPUT_NAMES)
     batches = [u8[i:i + 2] for i in range(0, 6, 2)] if not dynamic else [u8[:1], u8[1:6]]
-    heats, scores = zip(*[sess.run(None, {"images": b.numpy()}) for b in batches])
-    heat, score = torch.from_numpy(np.concatenate(heats)), torch.from_numpy(np.concatenate(scores))
-    _compare(heat, score, ref_heat, ref_score)
+    parts = zip(*[sess.run(None, {"images": b.numpy()}) for b in batches])
+    got = ModelOutput(*(torch.from_numpy(np.concatenate(p)) for p in parts))
+    compare_outputs(got, ref)
     thr = float(det.threshold)
-    assert torch.equal(score > thr, ref_score > thr)
+    assert torch.equal(got.score > thr, ref.score > thr)
     if not dynamic:
         with pytest.raises(Exception):
             sess.run(None, {"images": u8[:3].numpy()})
@@ -115,7 +131,7 @@ def test_openvino_reads_the_exported_file(det, tmp_path):
     u8 = torch.randint(0, 255, (2, 3, SIZE, SIZE), dtype=torch.uint8)
     out = compiled(u8.numpy())
     with torch.no_grad():
-        ref_heat, ref_score = det.heatmaps_and_scores(det._prepare(u8))
+        ref_heat, ref_score = det.model(u8)[:2]
     _compare(torch.from_numpy(out[0]), torch.from_numpy(out[1]), ref_heat, ref_score)
 
 

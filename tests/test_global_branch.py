@@ -103,34 +103,37 @@ def test_both_densities_score_alike_in_every_runtime_and_file(density, runtime, 
         warnings.simplefilter("ignore")
         det = Detector(image_size=SIZE, runtime="torch", weights="random", global_density=density)
     g = torch.Generator().manual_seed(3)
-    c = det.global_mean.shape[0]
+    c = det.model.global_mean.shape[0]
     if density == "nearest":
-        det.global_memory = torch.randn(9, c, generator=g)
+        det.model.global_memory = torch.randn(9, c, generator=g)
     else:
         a = torch.randn(c, c, generator=g) / c ** 0.5
-        det.global_mean.copy_(torch.randn(c, generator=g))
-        det.global_precision.copy_(a @ a.T + torch.eye(c))
-    det.score_stats.copy_(torch.tensor([0.5, 2.0, 3.0, 4.0]))
+        det.model.global_mean.copy_(torch.randn(c, generator=g))
+        det.model.global_precision.copy_(a @ a.T + torch.eye(c))
+    det.model.score_stats.copy_(torch.tensor([0.5, 2.0, 3.0, 4.0]))
     det.fitted = True
-    from fastmsfd.checkpoint import GLOBAL_BUFFERS
-    from fastmsfd.export import InferenceGraph
+    import onnx
 
-    carried = {n for n, _ in InferenceGraph(det).named_buffers(recurse=False)}
-    assert carried & {"global_mean", "global_precision", "global_memory", "score_stats"} == \
-        set(GLOBAL_BUFFERS[density])  # the graph carries only what its density reads
+    from fastmsfd.checkpoint import GLOBAL_BUFFERS
+    from fastmsfd.export import onnx_bytes
+
+    shapes = {tuple(t.dims) for t in onnx.load_from_string(onnx_bytes(det)).graph.initializer}
+    # the graph carries only what its density reads: the memory's 9 rows, or the precision matrix
+    assert ((9, c) in shapes, (c, c) in shapes) == ((True, False) if density == "nearest" else (False, True))
+    assert set(GLOBAL_BUFFERS[density]) <= {n for n, _ in det.model.named_buffers()}
     path = tmp_path / f"{density}.fastmsfd"
     det.save(path)
     x = brick_crops(3, seed=11) + [defective_crop()]
     ref = det.predict(x)
     with torch.no_grad():
-        feats = det.whole_image_features(det._prepare(torch.stack([torch.from_numpy(a).permute(2, 0, 1)
+        feats = det.model.whole_image_features(det.model.normalize(torch.stack([torch.from_numpy(a).permute(2, 0, 1)
                                                                    for a in x]))).double()
-        glob = det.global_scores(feats.float()).double()
+        glob = det.model.global_distance(feats.float()).double()
     if density == "nearest":
-        want = (feats[:, None] - det.global_memory.double()[None]).norm(dim=-1).min(dim=1).values
+        want = (feats[:, None] - det.model.global_memory.double()[None]).norm(dim=-1).min(dim=1).values
     else:
-        d = feats - det.global_mean.double()
-        want = ((d @ det.global_precision.double()) * d).sum(1).sqrt()
+        d = feats - det.model.global_mean.double()
+        want = ((d @ det.model.global_precision.double()) * d).sum(1).sqrt()
     torch.testing.assert_close(glob, want, rtol=1e-4, atol=1e-4)
     again = Detector.load(path, runtime="torch")
     assert again.settings.score.global_density == density
@@ -158,15 +161,16 @@ def fitted():
 
 
 def test_fused_score_is_the_weighted_sum_of_standardised_scores(fitted):
-    x = fitted._prepare(torch.stack([torch.from_numpy(a).permute(2, 0, 1) for a in brick_crops(3, seed=5)]))
+    u8 = torch.stack([torch.from_numpy(a).permute(2, 0, 1) for a in brick_crops(3, seed=5)])
     with torch.no_grad():
-        t, s, g = fitted._all_features(x)
-        heat, fused = fitted.maps_from_features(t, s, global_features=g)
-        _, map_score = fitted.maps_from_features(t, s)
-        glob = fitted.global_scores(g)
-    m0, m1, g0, g1 = fitted.score_stats.tolist()
+        out = fitted.model(u8)
+        _, map_score, glob = fitted.model.map_and_global(fitted.model.normalize(u8))
+    m0, m1, g0, g1 = fitted.model.score_stats.tolist()
     w = fitted.settings.score.global_weight
-    torch.testing.assert_close(fused, (1 - w) * (map_score - m0) / m1 + w * (glob - g0) / g1, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.map_z, (map_score - m0) / m1, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.global_z, (glob - g0) / g1, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.score, (1 - w) * (map_score - m0) / m1 + w * (glob - g0) / g1, rtol=1e-5,
+                               atol=1e-5)
     assert fitted.settings.score.global_layer == "stage5,stage6" and 0 <= w <= 1
     assert fitted.settings.score.global_backbone == "efficientnet_lite2"
     choice = fitted.info["global_weight_choice"]
@@ -211,23 +215,23 @@ def test_the_branch_runs_on_its_own_teacher_and_only_where_needed(fitted):
     map's features (training, tiles) never run it."""
     from fastmsfd.backbones import build_teacher
 
-    x = fitted._prepare(torch.stack([torch.from_numpy(a).permute(2, 0, 1) for a in brick_crops(3, seed=6)]))
+    x = fitted.model.normalize(torch.stack([torch.from_numpy(a).permute(2, 0, 1) for a in brick_crops(3, seed=6)]))
     ref = build_teacher("efficientnet_lite2", ["stage5", "stage6"])  # the packaged weights, built afresh
-    ref.load_state_dict(fitted.global_teacher.state_dict())  # ... with the statistics fit measured
+    ref.load_state_dict(fitted.model.global_teacher.state_dict())  # ... with the statistics fit measured
     with torch.no_grad():
         want = torch.cat([f.float().mean(dim=(2, 3)) for f in ref(x)], dim=1)
-        torch.testing.assert_close(fitted._all_features(x)[2], want, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(fitted.global_features(x), want, rtol=1e-5, atol=1e-5)
-    g = fitted.global_teacher
+        torch.testing.assert_close(fitted.model.all_features(x)[2], want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(fitted.model.pooled_global(x), want, rtol=1e-5, atol=1e-5)
+    g = fitted.model.global_teacher
     assert not torch.equal(g.mean0, torch.zeros_like(g.mean0)) and not torch.equal(g.std0, torch.ones_like(g.std0))
     calls = []
-    hook = fitted.global_teacher.register_forward_hook(lambda *a: calls.append(1))
+    hook = fitted.model.global_teacher.register_forward_hook(lambda *a: calls.append(1))
     try:
         with torch.no_grad():
-            fitted.features(x)
+            fitted.model.features(x)
         assert calls == []
         with torch.no_grad():
-            fitted.map_and_global(x)
+            fitted.model.map_and_global(x)
         assert len(calls) == 1
     finally:
         hook.remove()
@@ -237,21 +241,21 @@ def test_a_global_teacher_of_another_normalisation_sees_its_own_inputs():
     """ResNet maps (ImageNet mean/std) with an EfficientNet-Lite branch ((x - 127) / 128): the branch's inputs
     are converted, in the detector and in the exported graph alike (float32 within 1e-4 of the score's size)."""
     from fastmsfd.backbones import normalization
-    from fastmsfd.export import InferenceGraph
+    from tests.onnx_checks import run_exported
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         det = Detector(backbone="resnet18", image_size=SIZE, runtime="torch", weights="random",
                        global_backbone="efficientnet_lite2", global_layer="stage5").eval()
-    assert det.settings.score.global_backbone == "efficientnet_lite2" and det._global_renormalize
+    assert det.settings.score.global_backbone == "efficientnet_lite2" and det.model.global_renormalize
     u8 = (torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3)) * 255).to(torch.uint8)
     raw = u8.float() / 255
     g_mean, g_std = (torch.tensor(v).view(1, 3, 1, 1) for v in normalization("efficientnet_lite2"))
     with torch.no_grad():
-        want = det.global_teacher((raw - g_mean) / g_std)[0].mean(dim=(2, 3))
-        torch.testing.assert_close(det.global_features(det._prepare(u8)), want, rtol=1e-5, atol=1e-5)
+        want = det.model.global_teacher((raw - g_mean) / g_std)[0].mean(dim=(2, 3))
+        torch.testing.assert_close(det.model.pooled_global(det.model.normalize(u8)), want, rtol=1e-5, atol=1e-5)
         heat, score = det(raw)
-        g_heat, g_score = InferenceGraph(det).eval()(u8)
+    g_heat, g_score = run_exported(det, u8)[:2]
     torch.testing.assert_close(g_heat, heat, rtol=1e-4, atol=1e-4 * heat.abs().max().item())
     torch.testing.assert_close(g_score, score, rtol=1e-4, atol=1e-4 * score.abs().max().item())
 
@@ -264,15 +268,15 @@ def test_several_global_layers_are_pooled_side_by_side(global_backbone):
         det = Detector(image_size=SIZE, runtime="torch", weights="random", global_backbone=global_backbone,
                        global_layer=["stage6", "stage5"]).eval()
     assert det.settings.score.global_layer == "stage6,stage5"
-    net = det.global_teacher or det.teacher
+    net = det.model.global_teacher or det.model.teacher
     layers = list(net.layers)
-    x = det._prepare((torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1)) * 255).byte())
+    x = det.model.normalize((torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1)) * 255).byte())
     with torch.no_grad():
         feats = dict(zip(layers, net(x)))
         want = torch.cat([feats["stage5"].mean(dim=(2, 3)), feats["stage6"].mean(dim=(2, 3))], dim=1)
-        torch.testing.assert_close(det.global_features(x), want, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(det._all_features(x)[2], want, rtol=1e-5, atol=1e-5)
-    assert det.global_mean.shape == (want.shape[1],) and det.global_precision.shape == (want.shape[1],) * 2
+        torch.testing.assert_close(det.model.pooled_global(x), want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(det.model.all_features(x)[2], want, rtol=1e-5, atol=1e-5)
+    assert det.model.global_mean.shape == (want.shape[1],) and det.model.global_precision.shape == (want.shape[1],) * 2
 
 
 def test_files_whose_branch_used_the_map_teacher_load_as_before(tmp_path):
@@ -282,7 +286,7 @@ def test_files_whose_branch_used_the_map_teacher_load_as_before(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         det = Detector(image_size=SIZE, runtime="torch", global_backbone=None, global_layer="stage7")
-    assert det.global_teacher is None and det.settings.score.global_layer == "stage7"
+    assert det.model.global_teacher is None and det.settings.score.global_layer == "stage7"
     det.calibrate(brick_crops(4))
     path = tmp_path / "before.fastmsfd"
     det.save(path)
@@ -291,7 +295,7 @@ def test_files_whose_branch_used_the_map_teacher_load_as_before(tmp_path):
     assert not any(k.startswith("global_teacher.") for k in tensors)
     save_checkpoint(path, tensors, config)
     old = Detector.load(path, runtime="torch")
-    assert old.global_teacher is None and old.settings.score.global_backbone is None
+    assert old.model.global_teacher is None and old.settings.score.global_backbone is None
     x = brick_crops(3, seed=4)
     assert torch.equal(old.predict(x).scores, det.predict(x).scores)
 
@@ -328,7 +332,7 @@ def test_one_held_out_image_does_not_blow_up_the_fused_scores():
     with pytest.warns(UserWarning, match=r"1 held-out normal image\(s\).*all 8 normal images"):
         det = Detector(image_size=SIZE, runtime="torch").fit(brick_crops(8, seed=3), epochs=1, progress=False)
     assert det.info["n_val"] == 1
-    m0, m1, g0, g1 = det.score_stats.tolist()
+    m0, m1, g0, g1 = det.model.score_stats.tolist()
     assert m1 > 1e-3 and g1 > 1e-3  # a real spread, not the 1e-6 floor of a single image
     scores = det.predict(brick_crops(4, seed=9) + [defective_crop()]).scores
     assert scores.abs().max() < 1e3
@@ -347,12 +351,13 @@ def test_the_memory_holds_the_training_images_and_they_score_as_new_ones():
         det = Detector(image_size=SIZE, runtime="torch").fit(crops, epochs=1, progress=False)
     train, held_out, _ = split_held_out(normal_images_u8(crops, det.input_hw), 0.1, 0)  # as fit resized them
     with torch.no_grad():
-        pooled = det.whole_image_features(det._prepare(train))
-        held_score = det.global_scores(det.whole_image_features(det._prepare(held_out)))
-    torch.testing.assert_close(det.global_memory, pooled, rtol=1e-5, atol=1e-5)
-    assert det.global_scores(pooled).max() <= cancellation_tolerance(pooled)  # each on its own row
+        pooled = det.model.whole_image_features(det.model.normalize(train))
+        held_score = det.model.global_distance(det.model.whole_image_features(det.model.normalize(held_out)))
+    torch.testing.assert_close(det.model.global_memory, pooled, rtol=1e-5, atol=1e-5)
+    assert det.model.global_distance(pooled).max() <= cancellation_tolerance(pooled)  # each on its own row
     want = torch.cat([held_score, global_score.leave_one_out_distance(pooled)]).double()
-    torch.testing.assert_close(det.score_stats[2:].double(), torch.stack([want.mean(), want.std()]).float().double(),
+    torch.testing.assert_close(det.model.score_stats[2:].double(),
+                               torch.stack([want.mean(), want.std()]).float().double(),
                                rtol=1e-4, atol=1e-5)
 
 

@@ -35,7 +35,7 @@ def _u8(n: int, seed: int) -> torch.Tensor:
 ])
 def test_the_view_size(size, tile, want):
     det = _detector(global_image_size=size, tile=tile)
-    assert det.global_hw == want
+    assert det.model.global_hw == want
     assert det.settings.score.global_image_size == (tuple(size) if isinstance(size, tuple) else size)
 
 
@@ -45,19 +45,19 @@ def test_auto_is_the_lite2_branch_default_and_never_exceeds_the_input():
         mtd_like = Detector(image_size=(288, 224), weights="random")
         unmeasured = Detector(image_size=(288, 224), weights="random", global_backbone=None)
     assert mtd_like.settings.score.global_image_size == 192
-    assert mtd_like.global_hw == (224, 160)   # about 192 x 192 pixels at 9:7, sides a multiple of 32
-    assert unmeasured.global_hw == (288, 224)  # the map's teacher serves the branch: at its input
-    assert _detector().global_hw == HW  # 192 x 192 pixels is more than the 192 x 128 input: no upsampling
+    assert mtd_like.model.global_hw == (224, 160)   # about 192 x 192 pixels at 9:7, sides a multiple of 32
+    assert unmeasured.model.global_hw == (288, 224)  # the map's teacher serves the branch: at its input
+    assert _detector().model.global_hw == HW  # 192 x 192 pixels is more than the 192 x 128 input: no upsampling
 
 
 def test_a_size_off_the_stride_is_rounded_with_a_warning_and_bad_sizes_are_refused():
     with pytest.warns(UserWarning, match=r"global_image_size 100x64 .* using 96x64"):
         det = Detector(image_size=HW, weights="random", global_image_size=(100, 64))
-    assert det.global_hw == (96, 64) and det.settings.score.global_image_size == (96, 64)
+    assert det.model.global_hw == (96, 64) and det.settings.score.global_image_size == (96, 64)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the size used is kept: no second warning when fit sets the geometry
-        det.set_geometry((224, 160))
-    assert det.global_hw == (96, 64)
+        det.model.set_geometry((224, 160))
+    assert det.model.global_hw == (96, 64)
     for bad in (16, 0, "big", (64, 64, 64), (64, 8), True):
         with pytest.raises(ValueError, match="global_image_size"):
             Detector(image_size=HW, weights="random", global_image_size=bad)
@@ -71,23 +71,24 @@ def test_a_size_off_the_stride_is_rounded_with_a_warning_and_bad_sizes_are_refus
 @pytest.mark.parametrize("tile", [None, 64])
 def test_the_branch_sees_the_resized_image_in_torch_and_in_the_graph(global_backbone, tile):
     """The map teacher's features are not reused when the branch sees another size (global_backbone=None)."""
-    from fastmsfd.export import InferenceGraph
+    from tests.onnx_checks import run_exported
 
     det = _detector(global_image_size=96, tile=tile, global_backbone=global_backbone)
     u8 = _u8(2, seed=7 if tile else 8)
-    x = det._prepare(u8)
+    x = det.model.normalize(u8)
     with torch.no_grad():
-        heat, map_score, glob = det.map_and_global(x)
+        heat, map_score, glob = det.model.map_and_global(x)
         view = F.interpolate(x, size=(128, 64), mode="bilinear", antialias=True, align_corners=False)
-        want = det.global_scores(det.global_features(view.contiguous(memory_format=torch.channels_last)))
-        whole = det.global_scores(det.global_features(x))
+        want = det.model.global_distance(det.model.pooled_global(view.contiguous(memory_format=torch.channels_last)))
+        whole = det.model.global_distance(det.model.pooled_global(x))
         torch.testing.assert_close(glob, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
-        if tile is None:  # the pooled features _all_features gives beside the map's are the view's too
-            g = det._all_features(x)[2]
-            torch.testing.assert_close(det.global_scores(g), want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+        if tile is None:  # the pooled features all_features gives beside the map's are the view's too
+            g = det.model.all_features(x)[2]
+            torch.testing.assert_close(det.model.global_distance(g), want, rtol=1e-4,
+                                       atol=1e-4 * want.abs().max().item())
         assert (glob - whole).abs().max() > 1e-2 * want.abs().max()  # the size matters: not the unresized image
         ref_heat, ref_score = det(u8.float() / 255)
-        g_heat, g_score = InferenceGraph(det).eval()(u8)
+    g_heat, g_score = run_exported(det, u8)[:2]
     torch.testing.assert_close(g_heat, ref_heat, rtol=1e-4, atol=1e-4 * ref_heat.abs().max().item())
     torch.testing.assert_close(g_score, ref_score, rtol=1e-4, atol=1e-4 * ref_score.abs().max().item())
 
@@ -100,7 +101,7 @@ def test_fit_checkpoint_and_onnx_runtime_use_the_view(tmp_path):
         warnings.simplefilter("ignore")
         det = Detector(image_size=(96, 64), runtime="torch", layers=("stage2", "stage3"), global_image_size=(64, 32))
         seen = []
-        hook = det.global_teacher.backbone.register_forward_hook(lambda m, args, out: seen.append(args[0].shape))
+        hook = det.model.global_teacher.backbone.register_forward_hook(lambda m, args, out: seen.append(args[0].shape))
         det.fit(brick_crops(16), epochs=1, batch_size=8, progress=False)
         hook.remove()
     assert seen and {tuple(s[-2:]) for s in seen} == {(64, 32)}
@@ -109,7 +110,7 @@ def test_fit_checkpoint_and_onnx_runtime_use_the_view(tmp_path):
     x = brick_crops(3, seed=9) + [defective_crop()]
     ref = det.predict(x)
     again = Detector.load(path, runtime="torch")
-    assert again.global_hw == (64, 32) and again.settings.score.global_image_size == (64, 32)
+    assert again.model.global_hw == (64, 32) and again.settings.score.global_image_size == (64, 32)
     assert torch.equal(again.predict(x).scores, ref.scores)
     ort = Detector.load(path, runtime="onnxruntime").predict(x)
     assert (ort.heatmaps - ref.heatmaps).abs().max().item() <= 1e-4 * ref.heatmaps.abs().max().item()
@@ -129,6 +130,6 @@ def test_files_without_the_setting_keep_the_map_input(tmp_path):
     config.pop("global_image_size")
     save_checkpoint(path, tensors, config)
     old = Detector.load(path, runtime="torch")
-    assert old.settings.score.global_image_size is None and old.global_hw == HW
+    assert old.settings.score.global_image_size is None and old.model.global_hw == HW
     x = brick_crops(2, seed=3)
     assert torch.equal(old.predict(x).scores, det.predict(x).scores)

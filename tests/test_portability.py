@@ -169,7 +169,7 @@ def test_float16_fit_is_refused_and_float16_inference_is_loadable(tmp_path):
         det.fit(images, epochs=1, progress=False)
     Detector(image_size=32, weights="random").save(tmp_path / "m.fastmsfd")
     loaded = Detector.load(tmp_path / "m.fastmsfd", runtime="torch", precision="float16")
-    assert loaded.precision == "float16" and loaded._autocast().fast_dtype == torch.float16
+    assert loaded.precision == "float16" and loaded.model.autocast().fast_dtype == torch.float16
     with pytest.raises(ValueError, match="precision"):
         Detector.load(tmp_path / "m.fastmsfd", precision="float8")
 

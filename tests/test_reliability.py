@@ -73,7 +73,7 @@ WRITER = textwrap.dedent("""
     det = Detector(image_size=48, runtime="torch")
     i = 0
     while True:
-        det.layer_weights.fill_(float(i % 7 + 1))
+        det.model.layer_weights.fill_(float(i % 7 + 1))
         det.threshold.fill_(float(i))
         if kind == "checkpoint":
             det.save(path)

@@ -61,7 +61,7 @@ def _interrupt(data, out, sig):
 
 
 def _students_equal(a, b):
-    sa, sb = Detector.load(a).student.state_dict(), Detector.load(b).student.state_dict()
+    sa, sb = Detector.load(a).model.student.state_dict(), Detector.load(b).model.student.state_dict()
     for k in sa:
         torch.testing.assert_close(sa[k], sb[k], rtol=1e-6, atol=1e-7, msg=k)
 

@@ -33,7 +33,8 @@ def _parse(text: str):
     return text_format.Parse(text, model_config_pb2.ModelConfig())
 
 
-ONNX_TO_TRITON = {onnx.TensorProto.UINT8: "TYPE_UINT8", onnx.TensorProto.FLOAT: "TYPE_FP32"}
+ONNX_TO_TRITON = {onnx.TensorProto.UINT8: "TYPE_UINT8", onnx.TensorProto.FLOAT: "TYPE_FP32",
+                  onnx.TensorProto.INT64: "TYPE_INT64"}
 
 
 def test_cli_writes_a_repository_that_parses_and_matches_the_graph(model, tmp_path, capsys):
@@ -76,7 +77,7 @@ def test_onnx_runtime_runs_the_repository_model_like_the_detector(model, tmp_pat
     folder = write_triton_repository(det, tmp_path / "repo", "m", max_batch_size=8)
     sess = ort.InferenceSession(str(folder / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
     u8, _, _ = to_u8_batch(_real_looking(5, seed=3), SIZE)
-    heat, score = sess.run(None, {"images": u8.numpy()})
+    heat, score = sess.run(["heatmap", "score"], {"images": u8.numpy()})
     ref = det.predict(u8)
     _compare(torch.from_numpy(heat), torch.from_numpy(score), ref.heatmaps, ref.scores)
     assert np.array_equal(score > float(det.threshold), ref.labels.numpy())
