@@ -11,7 +11,9 @@ from .data import list_images, read_image
 from .errors import FastMSFDError
 from .report import write_csv
 
-SCORE_COLUMNS = ["path", "score", "anomalous", "error"]
+# map_z, global_z, peak_x, peak_y: the score's parts (prediction.explanation): the heatmap's and the global
+# branch's standardised scores, and where the heatmap peaks in the image's own pixels
+SCORE_COLUMNS = ["path", "score", "anomalous", "map_z", "global_z", "peak_x", "peak_y", "error"]
 
 
 @dataclass
@@ -20,10 +22,17 @@ class FileScore:
     score: float | None       # None where the file could not be read
     anomalous: bool | None    # None where not calibrated or unreadable
     error: str = ""
+    explanation: dict | None = None  # prediction.explanation(); None where unreadable
 
     def row(self) -> list:
-        return [self.path, "" if self.score is None else f"{self.score:.6f}",
-                "" if self.anomalous is None else self.anomalous, self.error]
+        x = self.explanation
+
+        def num(v):
+            return "" if v is None else f"{v:.6f}"
+
+        parts = ["", "", "", ""] if x is None else [num(x["map_z"]), num(x["global_z"]), x["peak"]["x"],
+                                                     x["peak"]["y"]]
+        return [self.path, num(self.score), "" if self.anomalous is None else self.anomalous, *parts, self.error]
 
 
 def expand_paths(items: Iterable[str | os.PathLike]) -> list[Path]:
@@ -57,7 +66,7 @@ def score_files(det, paths: Sequence[Path], batch_size: int = 16, overlay_dir: P
             pred = det.predict([a for _, _, a in good], batch_size=batch_size)
             for j, (k, p, arr) in enumerate(good):
                 label = None if pred.labels is None else bool(pred.labels[j])
-                by_path[k] = FileScore(str(p), float(pred.scores[j]), label)
+                by_path[k] = FileScore(str(p), float(pred.scores[j]), label, explanation=pred.explanation(j))
                 if overlay_dir is not None:  # the image's part of the heatmap (resize="keep_aspect" pads)
                     top, left, h, w = pred.boxes[j]
                     heat = pred.heatmap_of_image(j).numpy()

@@ -43,12 +43,12 @@ def init(address: str | None = "local", num_cpus: int | None = None):
     return ray
 
 
-def model_settings(model_path: str | os.PathLike) -> dict:
-    """The checkpoint's configuration, read (and checked) before any work starts: a missing or broken file is a
-    CheckpointError naming it here, not a failure in every actor."""
-    from .checkpoint import load_checkpoint
+def model_settings(model_path: str | os.PathLike):
+    """The checkpoint's settings (config.DetectorConfig), read (and checked) before any work starts: a missing or
+    broken file is a CheckpointError naming it here, not a failure in every actor."""
+    from .checkpoint import read_settings
 
-    return load_checkpoint(model_path)[1]
+    return read_settings(model_path)
 
 
 def decode_batch(batch: dict[str, Any], image_size: int | Sequence[int], resize: str = "squash") -> dict[str, Any]:
@@ -59,12 +59,15 @@ def decode_batch(batch: dict[str, Any], image_size: int | Sequence[int], resize:
     paths = [str(p) for p in batch["path"]]
     images = np.zeros((len(paths), 3, *as_hw(image_size)), np.uint8)
     errors = [""] * len(paths)
+    sizes = np.zeros((len(paths), 2), np.int64)  # each image's own (height, width): where its heatmap peaks
     for i, (path, data) in enumerate(zip(paths, batch["bytes"])):
         try:
-            images[i] = decode_bytes_resized(bytes(data), path, image_size, resize=resize)[0].numpy()
+            image, sizes[i] = decode_bytes_resized(bytes(data), path, image_size, resize=resize)
+            images[i] = image.numpy()
         except FastMSFDError as exc:
             errors[i] = str(exc)
-    return {"path": np.array(paths, dtype=object), "image": images, "error": np.array(errors, dtype=object)}
+    return {"path": np.array(paths, dtype=object), "image": images, "size": sizes,
+            "error": np.array(errors, dtype=object)}
 
 
 class DetectorActor:
@@ -87,16 +90,26 @@ class DetectorActor:
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import torch
 
+        from .geometry import content_box
+        from .prediction import explanation
+
         n = len(batch["path"])
         errors = [str(e) for e in batch["error"]]
         ok = [i for i in range(n) if not errors[i]]
         scores = np.full(n, np.nan, np.float64)
         labels: list[Any] = [None] * n
+        parts = np.full((n, 4), np.nan, np.float64)  # map_z, global_z, peak_x, peak_y
         heat_ref = [""] * n
         if ok:
             images = torch.from_numpy(np.ascontiguousarray(np.stack([batch["image"][i] for i in ok])))
             pred = self.det.predict(images, batch_size=len(ok))
             scores[ok] = pred.scores.double().numpy()
+            for j, i in enumerate(ok):
+                box = content_box(tuple(batch["size"][i]), self.det.input_hw, self.det.settings.geometry.resize)
+                x = explanation(pred.map_z[j], pred.global_z[j], pred.peaks[j].tolist(), box,
+                                tuple(batch["size"][i]))
+                parts[i] = [x["map_z"], np.nan if x["global_z"] is None else x["global_z"], x["peak"]["x"],
+                            x["peak"]["y"]]
             if pred.labels is not None:
                 for j, i in enumerate(ok):
                     labels[i] = bool(pred.labels[j])
@@ -104,7 +117,8 @@ class DetectorActor:
                 for i, ref in zip(ok, self._write_heatmaps(pred.heatmaps.numpy(), [batch["path"][i] for i in ok])):
                     heat_ref[i] = ref
         out = {"path": np.array([str(p) for p in batch["path"]], dtype=object), "score": scores,
-               "anomalous": np.array(labels, dtype=object), "error": np.array(errors, dtype=object)}
+               "anomalous": np.array(labels, dtype=object), "map_z": parts[:, 0], "global_z": parts[:, 1],
+               "peak_x": parts[:, 2], "peak_y": parts[:, 3], "error": np.array(errors, dtype=object)}
         if self.heatmaps:
             out["heatmap"] = np.array(heat_ref, dtype=object)
         return out
@@ -169,8 +183,8 @@ def predict(paths_or_dataset, model_path: str | os.PathLike, batch_size: int = 1
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     model_path = str(model_path)
-    settings = model_settings(model_path)
-    size, resize = settings["image_size"], settings.get("resize", "squash")
+    geometry = model_settings(model_path).geometry
+    size, resize = geometry.image_size, geometry.resize
     ray = init(address or "local")
     if isinstance(paths_or_dataset, ray.data.Dataset):
         ds = paths_or_dataset
@@ -205,8 +219,13 @@ def rows_to_scores(rows: Sequence[dict], order: Sequence[str] | None = None):
     for r in rows:
         score = r["score"]
         ok = not r["error"] and score is not None and np.isfinite(score)
+        parts = None
+        if ok:
+            g = r["global_z"]
+            parts = {"map_z": float(r["map_z"]), "global_z": None if g is None or np.isnan(g) else float(g),
+                     "peak": {"x": int(r["peak_x"]), "y": int(r["peak_y"])}}
         by_path[_local(str(r["path"]))] = FileScore(_local(str(r["path"])), float(score) if ok else None,
-                                                    r["anomalous"] if ok else None, str(r["error"] or ""))
+                                                    r["anomalous"] if ok else None, str(r["error"] or ""), parts)
     keys = [_local(str(p)) for p in order] if order is not None else sorted(by_path)
     return [by_path[k] for k in keys if k in by_path]
 

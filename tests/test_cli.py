@@ -42,6 +42,9 @@ def test_predict_folder_with_bad_files(model, tmp_path, capsys):
     assert set(bad) == {str(imgs / "zero.png"), str(imgs / "text.jpg")}
     assert "empty file" in bad[str(imgs / "zero.png")]
     assert all(np.isfinite(float(r["score"])) for r in rows if not r["error"])  # standardised: may be < 0
+    for r in (r for r in rows if not r["error"]):  # the score's parts; the peak inside the 40x40 image
+        assert np.isfinite(float(r["map_z"])) and 0 <= int(r["peak_x"]) < 40 and 0 <= int(r["peak_y"]) < 40
+    assert all(r["map_z"] == "" for r in rows if r["error"])
     assert len(list((out / "overlays").glob("*.png"))) == 3
     assert "2 unreadable" in capsys.readouterr().out
     assert main(["-q", "predict", str(model), str(imgs), "-o", str(out), "--strict"]) == 1

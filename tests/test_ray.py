@@ -71,13 +71,16 @@ def test_cli_writes_the_same_scores_csv_as_local_predict(cluster, archive, tmp_p
         return rows[0], {os.path.basename(r[0]): r[1:] for r in rows[1:]}
 
     (head_l, local), (head_r, remote) = read(tmp_path / "local"), read(tmp_path / "ray")
-    assert head_l == head_r == ["path", "score", "anomalous", "error"]
+    assert head_l == head_r == ["path", "score", "anomalous", "map_z", "global_z", "peak_x", "peak_y", "error"]
     assert local.keys() == remote.keys()
-    for name, (score, label, error) in local.items():
-        r_score, r_label, r_error = remote[name]
+    for name, (score, label, map_z, global_z, peak_x, peak_y, error) in local.items():
+        r_score, r_label, r_map_z, r_global_z, r_peak_x, r_peak_y, r_error = remote[name]
         assert (label, bool(error)) == (r_label, bool(r_error)), name
         if score:
             assert float(r_score) == pytest.approx(float(score), rel=1e-4, abs=1e-6)
+            assert float(r_map_z) == pytest.approx(float(map_z), rel=1e-4, abs=1e-5)
+            assert (r_global_z == "") == (global_z == "")
+            assert (r_peak_x, r_peak_y) == (peak_x, peak_y)  # in the image's own pixels, both paths
     shards = list((tmp_path / "ray" / "heatmaps").glob("heatmaps-*.npy"))
     assert shards and sum(len(np.load(s)) for s in shards) == N_IMAGES
 

@@ -64,8 +64,16 @@ def test_predict_raw_bytes_matches_the_detector(client, det):
     r = _png_post(client, encode(img))
     assert r.status_code == 200, r.text
     (item,) = r.json()["results"]
-    expected = float(det.predict([img]).scores[0])
+    pred = det.predict([img])
+    expected = float(pred.scores[0])
     assert item["score"] == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    # the score's parts, from the same forward: they rebuild the score, and the peak is the detector's
+    want = pred.explanation(0)
+    parts = item["explanation"]
+    assert parts["peak"] == want["peak"] and 0 <= parts["peak"]["x"] < 96 and 0 <= parts["peak"]["y"] < 96
+    assert parts["map_z"] == pytest.approx(want["map_z"], rel=1e-5, abs=1e-6)
+    w = det.settings.score.global_weight
+    assert (1 - w) * parts["map_z"] + w * parts["global_z"] == pytest.approx(item["score"], rel=1e-5, abs=1e-5)
     assert item["label"] == (expected > float(det.threshold)) and item["threshold"] == pytest.approx(
         float(det.threshold))
     assert item["width"] == 96 and item["height"] == 96 and item["inference_ms"] > 0

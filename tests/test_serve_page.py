@@ -4,6 +4,7 @@ CI, where scripts/test.sh installs it and a skip would hide a broken page."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import threading
 import time
@@ -78,6 +79,8 @@ def test_page_uploads_an_image_and_shows_verdict_and_heatmap(server, tmp_path):
         wait.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img))
         assert driver.execute_script("return arguments[0].naturalWidth", img) == 64
         assert "defective.png" in driver.find_element(By.ID, "result-0").text
+        assert re.fullmatch(r"map z \S+, global z \S+, peak at \(\d+, \d+\)",
+                            driver.find_element(By.ID, "explanation-0").text)
         # the slider re-labels without another request: at its minimum every image is anomalous
         slider = driver.find_element(By.ID, "threshold")
         driver.execute_script("arguments[0].value = arguments[0].min;"

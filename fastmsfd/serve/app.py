@@ -25,6 +25,7 @@ except ImportError as exc:  # the serve extra is optional
                       "pip install 'fastmsfd[serve]'") from None
 
 from ..geometry import content_box
+from ..prediction import explanation
 from .batcher import MicroBatcher, Overloaded
 from .limits import BodyLimitMiddleware, BodyTooLarge
 
@@ -84,7 +85,7 @@ def _metadata(det, cfg: ServeConfig) -> dict:
     thr = float(det.threshold)
     return {"backbone": det.settings.network.backbone, "layers": list(det.layers),
             "input": {"height": det.input_hw[0], "width": det.input_hw[1], "channels": 3, "dtype": "uint8",
-                      "resize": f"{det.settings.network.resize} (antialiased bilinear)"},
+                      "resize": f"{det.settings.geometry.resize} (antialiased bilinear)"},
             "threshold": None if math.isnan(thr) else thr, "runtime": det.runtime, "precision": det.precision,
             "fitted": det.fitted, "batching": {"max_batch": cfg.max_batch, "max_wait_ms": cfg.max_wait_ms,
                                                "max_queue": cfg.max_queue},
@@ -105,7 +106,8 @@ def create_app(model, cfg: ServeConfig = ServeConfig(), runtime: str = "auto", p
         t0 = time.perf_counter()
         pred = det.predict(torch.stack(images), batch_size=len(images))
         ms = (time.perf_counter() - t0) * 1000
-        return [(float(pred.scores[i]), pred.heatmaps[i].numpy(), ms, len(images)) for i in range(len(images))]
+        return [(float(pred.scores[i]), pred.heatmaps[i].numpy(), ms, len(images),
+                 (pred.map_z[i], pred.global_z[i], pred.peaks[i].tolist())) for i in range(len(images))]
 
     @asynccontextmanager
     async def lifespan(app):
@@ -185,7 +187,7 @@ def create_app(model, cfg: ServeConfig = ServeConfig(), runtime: str = "auto", p
         files = await uploads(request)
         if len(files) > cfg.max_queue:
             raise ApiError(413, f"{len(files)} images in one request; at most {cfg.max_queue} (--max-queue)")
-        S, resize = state["det"].input_hw, state["det"].settings.network.resize
+        S, resize = state["det"].input_hw, state["det"].settings.geometry.resize
         loop = asyncio.get_running_loop()
         decoded = [await loop.run_in_executor(state["cpu_pool"], _decode, data, name, S, cfg.max_pixels, resize)
                    for name, data in files]
@@ -197,12 +199,12 @@ def create_app(model, cfg: ServeConfig = ServeConfig(), runtime: str = "auto", p
             raise ApiError(504, f"no result within {cfg.timeout_s} s (the server is overloaded)") from None
         thr = float(state["det"].threshold) if threshold is None else threshold
         out = []
-        for (name, _), (u8, (h, w)), (score, heat, ms, batch) in zip(files, decoded, results):
+        for (name, _), (u8, (h, w)), (score, heat, ms, batch, parts) in zip(files, decoded, results):
+            box = content_box((h, w), S, resize)
             item = {"name": name, "score": score, "label": None if math.isnan(thr) else bool(score > thr),
                     "threshold": None if math.isnan(thr) else thr, "inference_ms": round(ms, 3), "batch": batch,
-                    "width": int(w), "height": int(h)}
+                    "width": int(w), "height": int(h), "explanation": explanation(*parts, box, (h, w))}
             if heatmap == "png":
-                box = content_box((h, w), S, resize)
                 item["heatmap_png"] = await loop.run_in_executor(state["cpu_pool"], _heatmap_png, u8, heat, thr,
                                                                  box)
             out.append(item)

@@ -12,6 +12,15 @@ function verdictOf(r) {
   return r.score > state.threshold ? ["anomalous", "ANOMALOUS"] : ["normal", "normal"];
 }
 
+// The score's parts: a high map z with its peak is a local defect there; a high global z with a low map z
+// means the whole part looks different.
+function explain(x) {
+  const parts = ["map z " + fmt(x.map_z)];
+  if (x.global_z !== null) parts.push("global z " + fmt(x.global_z));
+  parts.push("peak at (" + x.peak.x + ", " + x.peak.y + ")");
+  return parts.join(", ");
+}
+
 function render() {
   const box = $("results");
   box.textContent = "";
@@ -33,10 +42,14 @@ function render() {
     v.textContent = text;
     const s = document.createElement("div");
     s.textContent = r.error ? "" : "score " + fmt(r.score) + " (" + fmt(r.inference_ms) + " ms)";
+    const e = document.createElement("div");
+    e.className = "explanation";
+    e.id = "explanation-" + i;
+    e.textContent = r.explanation ? explain(r.explanation) : "";
     const n = document.createElement("div");
     n.className = "name";
     n.textContent = r.name;
-    card.append(v, s, n);
+    card.append(v, s, e, n);
     box.appendChild(card);
   });
   $("threshold-value").textContent = fmt(state.threshold);
