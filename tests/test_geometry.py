@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fastmsfd import Detector
-from fastmsfd.config import NetworkConfig
+from fastmsfd.config import GeometrySettings
 
 from .serve_fixtures import brick_crops
 
@@ -24,12 +24,12 @@ def rect():
 
 
 def test_rectangular_fit_predict_and_buffers(rect):
-    assert rect.input_hw == HW and rect.image_size == HW and rect.map_mean.shape == HW
+    assert rect.input_hw == HW and rect.settings.geometry.image_size == HW and rect.model.map_mean.shape == HW
     pred = rect.predict(brick_crops(3, seed=4, size=100))
     assert pred.heatmaps.shape == (3, *HW) and torch.isfinite(pred.scores).all()
     assert pred.heatmap_at_input_size(0).shape == (100, 100)
     # the border statistics are those of a rectangle: the corners differ from the middle of the long side
-    assert not torch.allclose(rect.map_std[0, 0], rect.map_std[HW[0] // 2, HW[1] // 2])
+    assert not torch.allclose(rect.model.map_std[0, 0], rect.model.map_std[HW[0] // 2, HW[1] // 2])
 
 
 def test_rectangular_checkpoint_onnx_and_triton(rect, tmp_path):
@@ -37,7 +37,7 @@ def test_rectangular_checkpoint_onnx_and_triton(rect, tmp_path):
     path = tmp_path / "rect.fastmsfd"
     rect.save(path)
     again = Detector.load(path, runtime="torch")
-    assert again.image_size == HW
+    assert again.settings.geometry.image_size == HW
     x = brick_crops(4, seed=6, size=110)
     ref = rect.predict(x)
     assert torch.equal(again.predict(x).scores, ref.scores)
@@ -51,11 +51,11 @@ def test_rectangular_checkpoint_onnx_and_triton(rect, tmp_path):
 
 
 def test_image_size_forms_and_errors():
-    assert NetworkConfig(image_size=[128, 128]).image_size == 128  # a square stays an int, as files have it
-    assert NetworkConfig(image_size=[128, 64]).image_size == (128, 64)
+    assert GeometrySettings(image_size=[128, 128]).image_size == 128  # a square stays an int, as files have it
+    assert GeometrySettings(image_size=[128, 64]).image_size == (128, 64)
     for bad in [(16, 64), (64,) * 3, 64.0, "64", True]:
         with pytest.raises(ValueError, match="image_size"):
-            NetworkConfig(image_size=bad)
+            GeometrySettings(image_size=bad)
 
 
 def test_cli_reads_height_x_width(tmp_path):
@@ -64,17 +64,18 @@ def test_cli_reads_height_x_width(tmp_path):
     from fastmsfd.cli import _image_size
 
     assert _image_size("256") == 256 and _image_size("512x192") == (512, 192) and _image_size("auto") == "auto"
-    from fastmsfd.cli import _build_detector, build_parser
+    from fastmsfd.cli import build_parser
+    from fastmsfd.commands import build_detector
 
     args = build_parser().parse_args(["fit", "data", "-o", "m.fastmsfd", "--image-size", "128x256", "--tile", "64",
                                       "--overlap", "0.5", "--resize", "keep_aspect", "--weights", "random",
                                       "--layers", "stage2"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        det = _build_detector(args)
-    net = det.settings.network
+        det = build_detector(args)
+    net = det.settings.geometry
     assert (net.image_size, net.tile, net.overlap, net.resize) == ((128, 256), 64, 0.5, "keep_aspect")
-    assert len(det.grid) == 3 * 7
+    assert len(det.model.grid) == 3 * 7
     with pytest.raises(argparse.ArgumentTypeError, match="HEIGHTxWIDTH"):
         _image_size("big")
 
@@ -163,7 +164,7 @@ def test_auto_image_size_follows_the_training_images(capsys):
         warnings.simplefilter("ignore")
         det = Detector(image_size="auto", layers=["stage2"], global_layer=None, runtime="torch",
                        weights="random").fit(tall, epochs=1, progress=True)
-    assert det.stride == 4 and det.input_hw == (444, 148) and det.map_mean.shape == (444, 148)  # 3:1, x4
+    assert det.model.stride == 4 and det.input_hw == (444, 148) and det.model.map_mean.shape == (444, 148)  # 3:1, x4
     assert det.info["geometry"]["n_images"] == 6
     assert "image_size auto -> 444x148" in capsys.readouterr().out
     assert det.predict(tall[:1]).heatmaps.shape == (1, 444, 148)
@@ -181,19 +182,19 @@ def test_auto_image_size_follows_the_training_images(capsys):
 def test_sizes_round_to_the_stride_with_a_warning():
     imgs = brick_crops(6, size=72)
     det = Detector(image_size=(70, 100), layers=["stage2", "stage3"], global_layer=None, weights="random")
-    assert det.stride == 8
+    assert det.model.stride == 8
     with pytest.warns(UserWarning, match=r"image_size 70x100 is not a multiple of the network's stride 8: "
                                          r"using 72x104"):
         det.fit(imgs, epochs=1, progress=False)
-    assert det.input_hw == (72, 104) and det.map_mean.shape == (72, 104)
+    assert det.input_hw == (72, 104) and det.model.map_mean.shape == (72, 104)
     tiled = Detector(image_size=(128, 128), tile=60, layers=["stage2", "stage3"], global_layer=None,
                      weights="random")
     with pytest.warns(UserWarning, match="tile 60x60 .* using 64x64"):
         tiled.fit(imgs, epochs=1, progress=False)
-    assert tiled.network_hw == (64, 64) and tiled.map_mean.shape == (64, 64)
+    assert tiled.model.network_hw == (64, 64) and tiled.model.map_mean.shape == (64, 64)
 
 
 def test_geometry_settings_are_validated():
     for bad in [dict(resize="crop"), dict(tile=16), dict(overlap=0.9), dict(overlap=-0.1)]:
         with pytest.raises(ValueError, match=next(iter(bad))):
-            NetworkConfig(**bad)
+            GeometrySettings(**bad)
