@@ -229,7 +229,7 @@ def folders_dataset(good: str | os.PathLike, defect: str | os.PathLike, masks: s
     return Category(name or defect.parent.name or "folders", "folders", defect.parent, train_imgs, test, notes)
 
 
-def _npy(path: Path) -> np.ndarray:
+def read_npy(path: Path) -> np.ndarray:
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)  # never unpickle: a .npy from elsewhere is data
     except (ValueError, OSError) as exc:
@@ -254,12 +254,12 @@ def stc_dataset(root: str | os.PathLike) -> Category:
         label_file = root / "test_frame_mask" / f"{video.name}.npy"
         if not label_file.is_file():
             raise DataError(f"{label_file}: frame labels missing for test video {video}")
-        labels = _npy(label_file).reshape(-1)
+        labels = read_npy(label_file).reshape(-1)
         if len(labels) != len(frames):
             raise DataError(f"{label_file}: {len(labels)} frame labels but {video} has {len(frames)} frames")
         pixel_file = root / "test_pixel_mask" / f"{video.name}.npy"
         if pixel_file.is_file():
-            n = _npy(pixel_file).shape[0]
+            n = read_npy(pixel_file).shape[0]
             if n != len(frames):
                 raise DataError(f"{pixel_file}: {n} frame masks but {video} has {len(frames)} frames")
         else:

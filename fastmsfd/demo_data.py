@@ -19,13 +19,13 @@ DEFECTS = ("scratch", "crack", "stain", "hole", "missing")
 SUPERSAMPLE = 4  # defects are drawn at 4x and box-filtered down: soft, anti-aliased edges
 
 
-def _texture(name: str) -> np.ndarray:
+def load_texture(name: str) -> np.ndarray:
     import skimage.data
 
     return np.asarray(getattr(skimage.data, name)(), dtype=np.float32) / 255.0
 
 
-def _crop(src: np.ndarray, rng: np.random.Generator, x0: int, x1: int, size: int) -> np.ndarray:
+def random_crop(src: np.ndarray, rng: np.random.Generator, x0: int, x1: int, size: int) -> np.ndarray:
     y = int(rng.integers(0, src.shape[0] - size + 1))
     x = int(rng.integers(x0, x1 - size + 1))
     out = src[y:y + size, x:x + size]
@@ -135,18 +135,18 @@ def make_demo_dataset(root: str | Path, seed: int = 0, n_train: int = 80, n_test
     if manifest.is_file() and json.loads(manifest.read_text()) == params:
         return [root / t for t in textures]
     for ti, texture in enumerate(textures):
-        src = _texture(texture)
+        src = load_texture(texture)
         rng = np.random.default_rng([seed, ti])
         cat = root / texture
         split = src.shape[1] * 3 // 4
         to_u8 = lambda a: (np.clip(a, 0, 1) * 255).round().astype(np.uint8)  # noqa: E731
         for i in range(n_train):
-            _save_png(cat / "train" / "good" / f"{i:03d}.png", to_u8(_crop(src, rng, 0, split, crop)))
+            _save_png(cat / "train" / "good" / f"{i:03d}.png", to_u8(random_crop(src, rng, 0, split, crop)))
         for i in range(n_test_good):
-            _save_png(cat / "test" / "good" / f"{i:03d}.png", to_u8(_crop(src, rng, split, src.shape[1], crop)))
+            _save_png(cat / "test" / "good" / f"{i:03d}.png", to_u8(random_crop(src, rng, split, src.shape[1], crop)))
         for kind in DEFECTS:
             for i in range(n_per_defect):
-                img, mask = add_defect(_crop(src, rng, split, src.shape[1], crop), kind, rng)
+                img, mask = add_defect(random_crop(src, rng, split, src.shape[1], crop), kind, rng)
                 _save_png(cat / "test" / kind / f"{i:03d}.png", to_u8(img))
                 _save_png(cat / "ground_truth" / kind / f"{i:03d}_mask.png", mask.astype(np.uint8) * 255)
     manifest.write_text(json.dumps(params))

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from . import metrics
 from .data import read_mask
-from .datasets import Category, TestSample, _npy, mvtec_category
+from .datasets import Category, TestSample, mvtec_category, read_npy
 from .errors import DataError
 
 
@@ -40,7 +40,7 @@ def read_sample_mask(sample: TestSample) -> np.ndarray | None:
     if sample.mask_path is None:
         return None
     if sample.mask_path.suffix == ".npy":
-        stack = _npy(sample.mask_path)
+        stack = read_npy(sample.mask_path)
         if stack.ndim != 3 or sample.mask_index is None or sample.mask_index >= stack.shape[0]:
             raise DataError(f"{sample.mask_path}: expected a (frames, H, W) mask stack with frame "
                             f"{sample.mask_index}, got shape {stack.shape}")

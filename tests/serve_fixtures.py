@@ -13,18 +13,18 @@ SIZE = 64
 
 
 def brick_crops(n: int, seed: int = 0, size: int = 96) -> list[np.ndarray]:
-    from fastmsfd.demo_data import _crop, _texture
+    from fastmsfd.demo_data import load_texture, random_crop
 
-    src, rng = _texture("brick"), np.random.default_rng(seed)
-    return [(np.repeat(_crop(src, rng, 0, src.shape[1], size)[..., None], 3, 2) * 255).astype(np.uint8)
+    src, rng = load_texture("brick"), np.random.default_rng(seed)
+    return [(np.repeat(random_crop(src, rng, 0, src.shape[1], size)[..., None], 3, 2) * 255).astype(np.uint8)
             for _ in range(n)]
 
 
 def defective_crop(seed: int = 5) -> np.ndarray:
-    from fastmsfd.demo_data import _crop, _texture, add_defect
+    from fastmsfd.demo_data import add_defect, load_texture, random_crop
 
-    src, rng = _texture("brick"), np.random.default_rng(seed)
-    img, _ = add_defect(_crop(src, rng, 0, src.shape[1], 96), "stain", rng)
+    src, rng = load_texture("brick"), np.random.default_rng(seed)
+    img, _ = add_defect(random_crop(src, rng, 0, src.shape[1], 96), "stain", rng)
     return (np.repeat(img[..., None], 3, 2) * 255).astype(np.uint8)
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from fastmsfd import Detector, tiling
-from fastmsfd.demo_data import _texture
+from fastmsfd.demo_data import load_texture
 
 CANVAS, TILE = (128, 192), 64
 
@@ -51,7 +51,7 @@ def test_whole_view_is_antialiased_bilinear_and_random_crops(canvas, size):
 
 
 def _gravel(n: int, seed: int, right_half: bool) -> torch.Tensor:
-    src = _texture("gravel")
+    src = load_texture("gravel")
     rng, half = np.random.default_rng(seed), src.shape[1] // 2
     x0, x1 = (half, src.shape[1]) if right_half else (0, half)
     out = []
@@ -93,32 +93,32 @@ def _seam_log_ratios(heat: torch.Tensor, grid: tiling.TileGrid, margin: int = 8,
 def test_no_seams_on_normal_texture(tiled):
     from scipy import stats
 
-    test = tiled._prepare(_gravel(24, 1, True))    # normal gravel the detector was not fitted on
+    test = tiled.model.normalize(_gravel(24, 1, True))    # normal gravel the detector was not fitted on
     with torch.no_grad():
-        heat = tiled.heatmaps_and_scores(test)[0]
-        blended = _seam_log_ratios(heat, tiled.grid)
+        heat = tiled.model.map_and_global(test)[0]
+        blended = _seam_log_ratios(heat, tiled.model.grid)
         # the same tiles side by side without overlap, raw: what stitching without care gives
         naive_grid = tiling.TileGrid(CANVAS, (TILE, TILE), 0.0)
-        t, s, _ = tiled._all_features(tiling.cut(test, naive_grid))
-        raw = tiled.maps_from_features(t, s, standardize=False)[0]
+        raw = tiled.model.raw_heatmaps(*tiled.model.features(tiling.cut(test, naive_grid)))[0]
         naive = _seam_log_ratios(tiling.stitch(raw, naive_grid, torch.ones(len(naive_grid), TILE, TILE)),
                                  naive_grid)
     print(f"\nseam log ratio: stitched {blended.mean():.3f} (p {stats.ttest_1samp(blended, 0).pvalue:.2g}), "
           f"naive {naive.mean():.3f} (p {stats.ttest_1samp(naive, 0).pvalue:.2g})")
-    assert len(tiled.grid.seams()[0]) > 0 and len(tiled.grid.seams()[1]) > 0
+    assert len(tiled.model.grid.seams()[0]) > 0 and len(tiled.model.grid.seams()[1]) > 0
     assert stats.ttest_1samp(blended, 0).pvalue > 0.01 and abs(blended.mean()) < 0.1
     assert stats.ttest_1samp(naive, 0).pvalue < 0.01 and naive.mean() > 0.5
 
 
 def test_tiled_detector_buffers_global_branch_and_small_images(tiled):
-    assert tiled.network_hw == (TILE, TILE) and tiled.input_hw == CANVAS and len(tiled.grid) == 12
-    assert tiled.map_mean.shape == (TILE, TILE)                # border statistics of tiles
-    assert tiled.global_hw == CANVAS   # the default branch's view (192 side) never exceeds the input
-    x = tiled._prepare(_gravel(2, 3, True))
+    assert tiled.model.network_hw == (TILE, TILE) and tiled.input_hw == CANVAS and len(tiled.model.grid) == 12
+    assert tiled.model.map_mean.shape == (TILE, TILE)                # border statistics of tiles
+    assert tiled.model.global_hw == CANVAS   # the default branch's view (192 side) never exceeds the input
+    x = tiled.model.normalize(_gravel(2, 3, True))
     with torch.no_grad():
-        heat, map_score, glob = tiled.map_and_global(x)
-        view = torch.nn.functional.interpolate(x, size=tiled.global_hw, mode="bilinear", antialias=True)
-        whole = tiled.global_scores(tiled.global_features(view.contiguous(memory_format=torch.channels_last)))
+        heat, map_score, glob = tiled.model.map_and_global(x)
+        view = torch.nn.functional.interpolate(x, size=tiled.model.global_hw, mode="bilinear", antialias=True)
+        view = view.contiguous(memory_format=torch.channels_last)
+        whole = tiled.model.global_distance(tiled.model.pooled_global(view))
     assert heat.shape == (2, *CANVAS)
     torch.testing.assert_close(glob, whole, rtol=1e-4, atol=1e-4)  # the global branch sees the whole image
     small = np.full((40, 50, 3), 120, np.uint8)
@@ -135,7 +135,7 @@ def test_tiled_checkpoint_and_onnx_match_torch(tiled, tmp_path):
     x = _gravel(3, 5, True)
     ref = tiled.predict(x)
     again = Detector.load(path, runtime="torch")
-    assert again.settings.network.tile == TILE and again.settings.network.overlap == 0.25
+    assert again.settings.geometry.tile == TILE and again.settings.geometry.overlap == 0.25
     assert torch.equal(again.predict(x).scores, ref.scores)
     ort = Detector.load(path, runtime="onnxruntime").predict(x)
     scale = ref.heatmaps.abs().max().item()
@@ -150,20 +150,18 @@ def test_tiled_checkpoint_and_onnx_match_torch(tiled, tmp_path):
 def test_tile_larger_than_image_size_runs_whole():
     with pytest.warns(UserWarning, match="larger than image_size"):
         det = Detector(image_size=64, tile=96, weights="random", layers=["stage2"], global_layer=None)
-    assert det.grid is None and det.network_hw == (64, 64) and det.map_mean.shape == (64, 64)
+    assert det.model.grid is None and det.model.network_hw == (64, 64) and det.model.map_mean.shape == (64, 64)
 
 
 def test_tiled_detector_without_global_branch_builds_no_whole_image_view():
     det = Detector(image_size=CANVAS, tile=TILE, weights="random", layers=["stage2"], global_layer=None).eval()
-    assert det.grid is not None and det.global_hw == CANVAS and not det._view_resized
-    assert det.view_rows.numel() == 1 and det.view_cols.numel() == 1   # no resize matrices for a branch it lacks
-    from fastmsfd.export import InferenceGraph
+    assert det.model.grid is not None and det.model.global_hw == CANVAS and not det.model.view_resized
+    # no resize matrices for a branch it lacks
+    assert det.model.view_rows.numel() == 1 and det.model.view_cols.numel() == 1
+    from tests.onnx_checks import run_exported
 
-    graph = InferenceGraph(det).eval()
-    assert not graph.global_view and not hasattr(graph, "view_rows")
     images = _gravel(2, 7, True)
-    with torch.no_grad():
-        heat, score = graph(images)
+    heat, score = run_exported(det, images)[:2]
     want = det.predict(images)
     assert heat.shape == (2, *CANVAS)
     torch.testing.assert_close(score, want.scores, rtol=1e-4, atol=1e-4)
@@ -174,18 +172,18 @@ def test_every_op_backend_stitches_the_same_heatmap(tiled):
     reference: heatmaps within 1e-4 of their scale, scores within 1e-4."""
     from fastmsfd import ops
 
-    x = tiled._prepare(_gravel(2, 7, True))
+    x = tiled.model.normalize(_gravel(2, 7, True))
     available = [b for b, why in ops.backend_status("cpu").items() if why is None]
     assert "reference" in available and len(available) >= 2
-    before = tiled.ops_backend
+    before = tiled.model.ops_backend
     try:
         out = {}
         for backend in available:
-            tiled.ops_backend = backend
+            tiled.model.ops_backend = backend
             with torch.no_grad():
-                out[backend] = tiled.heatmaps_and_scores(x)
+                out[backend] = tiled.model.map_and_global(x)[:2]
     finally:
-        tiled.ops_backend = before
+        tiled.model.ops_backend = before
     ref_heat, ref_score = out["reference"]
     for backend, (heat, score) in out.items():
         assert (heat - ref_heat).abs().max().item() <= 1e-4 * ref_heat.abs().max().item(), backend

@@ -40,12 +40,12 @@ def sample_images(n: int = 16, size: int = 256, seed: int = 0) -> list[bytes]:
 
     from PIL import Image
 
-    from ..demo_data import _crop, _texture
+    from ..demo_data import load_texture, random_crop
 
-    src, rng = _texture("brick"), np.random.default_rng(seed)
+    src, rng = load_texture("brick"), np.random.default_rng(seed)
     out = []
     for _ in range(n):
-        gray = (_crop(src, rng, 0, src.shape[1], size) * 255).astype(np.uint8)
+        gray = (random_crop(src, rng, 0, src.shape[1], size) * 255).astype(np.uint8)
         buf = io.BytesIO()
         Image.fromarray(np.repeat(gray[..., None], 3, 2)).save(buf, format="JPEG", quality=92)
         out.append(buf.getvalue())
