@@ -15,10 +15,9 @@ import torch
 import triton
 import triton.language as tl
 
-from fastmsfd.ops import reference
-from fastmsfd.ops.reference import AGGREGATIONS  # MODE is an index into it
-
 from . import distance as _distance
+
+MODES = ("sum", "mean", "max", "product")  # MODE indexes these: fastmsfd.ops.reference.AGGREGATIONS' order
 
 SLOTS = 4  # layers one kernel launch aggregates; more run as several launches combined after (same result)
 # Heatmap tile per program; the CPU interpreter (per-program cost) gets larger tiles. Same kernel code;
@@ -133,20 +132,11 @@ def fused_anomaly_map(teacher: list[torch.Tensor], student: list[torch.Tensor], 
         tile_max = None
     if blur_rows is None and topk_count == 0 and tile_max is not None:
         return heat, tile_max.reshape(B, -1).amax(dim=1)
-    if blur_rows is not None:
-        heat = reference.upsample(heat, blur_rows.to(heat.device), blur_cols.to(heat.device))
-    return heat, reference.score_of_top(heat, topk_count)
-
-
-def run(teacher_feats, student_feats, p, alpha: float, beta: float):
-    """Backend "triton": the fused op for a reference.Plan (CUDA tensors, or the CPU under TRITON_INTERPRET=1)."""
-    return fused_anomaly_map(list(teacher_feats), list(student_feats), list(p.g_rows), list(p.g_cols),
-                             list(p.weights), float(alpha), float(beta), p.mode_index, p.blur_rows, p.blur_cols,
-                             p.topk_count)
-
-
-# the loss's per-layer term of backend "triton" (kernels/distance.py): the dispatcher finds both functions here
-layer_distance = _distance.layer_distance
+    if blur_rows is not None:  # reference.upsample
+        heat = blur_rows.to(heat.device) @ heat @ blur_cols.to(heat.device).T
+    flat = heat.flatten(1)  # reference.score_of_top: the maximum (0), else the mean of the topk_count largest
+    k = min(topk_count, flat.shape[1])
+    return heat, flat.max(dim=1).values if k == 0 else flat.topk(k, dim=1).values.mean(dim=1)
 
 
 @fused_anomaly_map.register_fake
@@ -172,6 +162,6 @@ def aot_specs():
         consts = dict(NUM_LAYERS=n_layers, MODE=mode, WP0=wps[0], WP1=wps[1], WP2=wps[2], WP3=wps[3],
                       BLOCK_H=block, BLOCK_W=block, BLOCK_K=BLOCK_K)
         sig.update({k: "constexpr" for k in consts})
-        label = f"fp32 NUM_LAYERS={n_layers} MODE={AGGREGATIONS[mode]} WP={'/'.join(map(str, wps[:n_layers]))} " \
+        label = f"fp32 NUM_LAYERS={n_layers} MODE={MODES[mode]} WP={'/'.join(map(str, wps[:n_layers]))} " \
                 f"BLOCK={block}"
         yield _upsample_aggregate_kernel, label, sig, consts

@@ -15,8 +15,6 @@ import torch
 import triton
 import triton.language as tl
 
-from fastmsfd.ops.autograd import register_distance_autograd
-
 # A global read inside @triton.jit code must be a tl.constexpr: a plain float compiles only in the interpreter.
 EPS = tl.constexpr(1e-6)
 INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
@@ -149,7 +147,7 @@ def distance_backward(grad_d: torch.Tensor, t: torch.Tensor, s: torch.Tensor, st
     return grad_s
 
 
-register_distance_autograd("fastmsfd::triton_distance_forward", distance_backward)
+# its autograd (distance_backward) is registered by fastmsfd/ops/triton_ops.py, which owns the kernels' wiring
 
 
 def layer_distance(t: torch.Tensor, s: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:

@@ -192,7 +192,7 @@ def test_ops_pass_opcheck(backend):
     g = [reference.gaussian_matrix(12, t.shape[2], 2.0, None, DEVICE) for t in T]
     gc = [reference.gaussian_matrix(10, t.shape[3], 2.0, None, DEVICE) for t in T]
     if backend == "triton":
-        import fastmsfd.kernels.anomaly_map  # noqa: F401  (registers the triton_ops)
+        from fastmsfd.ops import triton_ops  # noqa: F401  (registers the triton_ops and their autograd)
 
         prefix = "triton_"  # one namespace: fastmsfd::triton_<op> beside the C++ fastmsfd::<op>, same schema
     else:
@@ -221,8 +221,10 @@ def test_ops_pass_opcheck(backend):
 
 def test_triton_and_cpp_ops_share_one_namespace_and_schema():
     pytest.importorskip("triton")
-    import fastmsfd.kernels.anomaly_map  # noqa: F401
-    from fastmsfd.ops import compiled  # noqa: F401
+    from fastmsfd.ops import (
+        compiled,  # noqa: F401
+        triton_ops,  # noqa: F401
+    )
 
     for name in ("distance_map", "distance_forward", "distance_backward", "anomaly_map"):
         cpp, tri = getattr(torch.ops.fastmsfd, name).default, getattr(torch.ops.fastmsfd, "triton_" + name).default

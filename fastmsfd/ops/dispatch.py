@@ -33,10 +33,10 @@ def _load_compiled() -> ModuleType | str:
 
 def _load_triton() -> ModuleType | str:
     try:
-        from ..kernels import anomaly_map
+        from . import triton_ops
     except Exception as exc:  # triton missing, or a Triton/torch version mismatch
         return f"fastmsfd.kernels not importable ({type(exc).__name__}: {exc})"
-    return anomaly_map
+    return triton_ops
 
 
 def _compiled_reason(device: torch.device, want: str) -> str | None:
