@@ -29,13 +29,13 @@ def main() -> None:
     from fastmsfd.fit import set_border_statistics
 
     det = Detector.load(args.model, runtime="torch")
-    det.settings = det.settings.replace(map_norm=None)
+    det.model.config = det.settings.replace(map_norm=None)
     raw = evaluate_category(det, args.category).metrics
-    det.settings = det.settings.replace(map_norm="border")
-    set_border_statistics(det, load_resized(training_paths(args.category), det.image_size, False))
+    det.model.config = det.settings.replace(map_norm="border")
+    set_border_statistics(det.model, load_resized(training_paths(args.category), det.input_hw, False))
     std = evaluate_category(det, args.category).metrics
-    ring = calibration.border_distance(det.image_size, det.image_size)
-    edge, centre = float(det.map_std[ring == 0].mean()), float(det.map_std[ring == int(ring.max())].mean())
+    ring = calibration.border_distance(*det.input_hw)
+    edge, centre = float(det.model.map_std[ring == 0].mean()), float(det.model.map_std[ring == int(ring.max())].mean())
     print(f"{args.category} ({args.model}): normal heatmap std {edge:.3f} on the edge, {centre:.3f} in the centre")
     print("| heatmap | image AUROC | pixel AUROC | AUPRO |\n|---|---|---|---|")
     for name, m in (("raw", raw), ("border-standardised", std)):

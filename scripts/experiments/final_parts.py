@@ -9,14 +9,8 @@ from __future__ import annotations
 
 import argparse
 import warnings
-from pathlib import Path
 
-
-def default_detector(models: str, cat):
-    """The detector `fastmsfd fit <category> -o MODELS/<parent>-<category>.fastmsfd` wrote (torch runtime)."""
-    from fastmsfd import Detector
-
-    return Detector.load(Path(models) / f"{cat.root.parent.name}-{cat.root.name}.fastmsfd", runtime="torch")
+from common import default_detector
 
 
 def main() -> None:

@@ -17,10 +17,12 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from fusion_sweep import add_cached_model_args, cached_category, score_category
+from common import add_cached_model_args, cached_category, score_category
+
+from fastmsfd.global_score import fuse_z
 
 RULES = {
-    **{f"weighted sum, w {w}": (lambda a, b, w=w: (1 - w) * a + w * b) for w in (0.4, 0.5, 0.6, 0.7)},
+    **{f"weighted sum, w {w}": (lambda a, b, w=w: fuse_z(a, b, w)) for w in (0.4, 0.5, 0.6, 0.7)},
     "maximum": np.maximum,
     **{f"soft maximum, t {t}": (lambda a, b, t=t: t * np.logaddexp(a / t, b / t)) for t in (0.5, 1.0, 2.0)},
     "length of the positive parts": lambda a, b: np.hypot(np.maximum(a, 0), np.maximum(b, 0)),

@@ -54,15 +54,15 @@ def main() -> None:
                 for k, v in CONFIGS.items()}
         for d in dets.values():
             if getattr(d, "global_memory", None) is not None:  # the largest memory fit keeps, before the export
-                d.global_memory = torch.randn(MAX_MEMORY, d.global_memory.shape[1], generator=g)
+                d.model.global_memory = torch.randn(MAX_MEMORY, d.model.global_memory.shape[1], generator=g)
         times: dict[str, list[float]] = {k: [] for k in dets}
         with torch.no_grad():
             for d in dets.values():
-                d._infer(x)
+                d.infer(x)
             for _ in range(args.reps):
                 for k, d in dets.items():
                     t0 = time.perf_counter()
-                    d._infer(x)
+                    d.infer(x)
                     times[k].append(time.perf_counter() - t0)
         base = statistics.median(times[next(iter(CONFIGS))])
         for k, t in times.items():

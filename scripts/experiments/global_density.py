@@ -15,7 +15,9 @@ import warnings
 
 import numpy as np
 import torch
-from fusion_sweep import add_cached_model_args, cached_category
+from common import add_cached_model_args, cached_category
+
+from fastmsfd.global_score import fuse_z
 
 WEIGHTS = (0.0, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0)
 
@@ -27,8 +29,8 @@ def features(det, images_u8: torch.Tensor, batch: int = 16) -> dict[str, np.ndar
 
     maps, pooled, student = [], [], []
     for i in range(0, len(images_u8), batch):
-        t, s, g = det._all_features(det._prepare(images_u8[i:i + batch]))
-        maps.append(det.maps_from_features(t, s)[1].float())
+        t, s, g = det.model.all_features(det.model.normalize(images_u8[i:i + batch]))
+        maps.append(det.model.heatmaps(t, s)[1].float())
         pooled.append(g.float())
         student.append(torch.stack([reference.combined_distance(a.float().mean((2, 3))[..., None, None],
                                                                 b.float().mean((2, 3))[..., None, None],
@@ -41,8 +43,8 @@ def global_scores(det, memory: torch.Tensor, part: dict) -> dict[str, np.ndarray
     from fastmsfd import global_score
 
     x = part["pooled"]
-    white = torch.linalg.cholesky(det.global_precision.double()).float()  # L L^T = precision
-    out = {"gaussian (Mahalanobis)": det.global_scores(x).numpy()}
+    white = torch.linalg.cholesky(det.model.global_precision.double()).float()  # L L^T = precision
+    out = {"gaussian (Mahalanobis)": det.model.global_distance(x).numpy()}
     for k in (1, 3):
         for name, (a, b) in {"": (x, memory), ", whitened": (x @ white, memory @ white)}.items():
             d = torch.cdist(a, b).topk(k, largest=False).values.mean(1) if k > 1 else \
@@ -76,7 +78,7 @@ def main() -> None:
               f"{len(dev)} development images", flush=True)
         for rule, z_glob in scores.items():
             for w in WEIGHTS:
-                rows.setdefault((rule, w), []).append(metrics.auroc(labels, (1 - w) * z_map + w * z_glob))
+                rows.setdefault((rule, w), []).append(metrics.auroc(labels, fuse_z(z_map, z_glob, w)))
     print("| global score | w | " + " | ".join(names) + " | mean |\n|---|---|" + "---|" * (len(names) + 1))
     for (rule, w), aurocs in rows.items():
         print(f"| {rule} | {w:g} | " + " | ".join(f"{a:.4f}" for a in aurocs) + f" | {np.mean(aurocs):.4f} |")

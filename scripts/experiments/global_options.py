@@ -12,12 +12,13 @@ w of (1 - w) z_map + w z_global, per dataset and as the mean over them. No final
 from __future__ import annotations
 
 import argparse
-import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from fastmsfd.global_score import fuse_z
 
 WEIGHTS = np.linspace(0, 1, 11)
 
@@ -32,8 +33,7 @@ def main() -> None:
     ap.add_argument("--teachers", default="L0,L2", help="which teachers to try: L0, L2 or both")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
-    sys.path.insert(0, str(Path(__file__).parent))
-    from fusion_sweep import score_category
+    from common import score_category
 
     from fastmsfd import Detector, metrics
     from fastmsfd.backbones import build_teacher, normalization
@@ -88,7 +88,7 @@ def main() -> None:
                     zs[f"{short} {layer}{tag}"] = z(ftr[k], fho[k], fte[k])
                 if short == "L2":
                     zs[f"L2 s5+s6{tag}"] = z(*(torch.cat(f[:2], 1) for f in (ftr, fho, fte)))
-        table[name] = {k: [metrics.auroc(d["labels"], (1 - w) * d["z_map"] + w * v) for w in WEIGHTS]
+        table[name] = {k: [metrics.auroc(d["labels"], fuse_z(d["z_map"], v, w)) for w in WEIGHTS]
                        for k, v in zs.items()}
         print(f"{name} (map only {metrics.auroc(d['labels'], d['z_map']):.4f})", flush=True)
         for k, row in table[name].items():

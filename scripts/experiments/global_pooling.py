@@ -21,9 +21,10 @@ import warnings
 
 import numpy as np
 import torch
-from final_parts import default_detector
+from common import default_detector
 
 from fastmsfd import global_score
+from fastmsfd.global_score import fuse_z
 
 
 def _top_share(f: torch.Tensor, share: float) -> torch.Tensor:
@@ -46,9 +47,9 @@ def pooled(det, images_u8: torch.Tensor, batch: int = 16) -> dict[str, torch.Ten
     """Each pooling of the global layers' features of the images (what the branch sees), (N, C) per pooling."""
     out = {name: [] for name in POOLINGS}
     for i in range(0, len(images_u8), batch):
-        view = det.whole_image(det._prepare(images_u8[i:i + batch]))
-        feats = det.global_teacher(det.global_teacher_input(view))
-        layers = [feats[j].float() for j in det._global_index]
+        view = det.model.whole_image(det.model.normalize(images_u8[i:i + batch]))
+        feats = det.model.global_teacher(det.model.global_teacher_input(view))
+        layers = [feats[j].float() for j in det.model.global_index]
         for name, pool in POOLINGS.items():
             out[name].append(torch.cat([pool(f) for f in layers], 1))
     return {name: torch.cat(v) for name, v in out.items()}
@@ -62,7 +63,7 @@ def fused_table(det, tests, labels, train, held_out, n_held_out, size, resize) -
     from fastmsfd.fit import _scale_images, _standardized_scores
 
     test_u8 = load_resized([s.path for s in tests], size, resize=resize)
-    z_map, z_own = (z.numpy() for z in _standardized_scores(det, test_u8))
+    z_map, z_own = (z.numpy() for z in _standardized_scores(det.model, test_u8))
     scale_u8, with_train = _scale_images(train, held_out, n_held_out)
     memory, test, scale = pooled(det, train), pooled(det, test_u8), pooled(det, scale_u8)
     table, worst = {}, 0.0
@@ -75,7 +76,7 @@ def fused_table(det, tests, labels, train, held_out, n_held_out, size, resize) -
         z = ((global_score.nearest_distance(test[name], bank) - mean) / std).numpy()
         if name == "mean":
             worst = float(np.abs(z - z_own).max())
-        table[name] = {w: metrics.auroc(labels, (1 - w) * z_map + w * z) for w in WEIGHTS}
+        table[name] = {w: metrics.auroc(labels, fuse_z(z_map, z, w)) for w in WEIGHTS}
     return table, worst
 
 
@@ -99,7 +100,7 @@ def main() -> None:
         cat = mvtec_category(folder)
         name = f"{cat.root.parent.name}/{cat.root.name}" + (" (dev)" if real else "")
         det = default_detector(args.models, cat).eval()
-        size, resize = det.input_hw, det.settings.network.resize
+        size, resize = det.input_hw, det.settings.geometry.resize
         tests = dev_final_split(cat)[0].test if real else cat.test
         train, held_out, n_held_out = split_held_out(load_resized(training_paths(cat.root), size, resize=resize),
                                                      0.1, 0)

@@ -90,14 +90,14 @@ def main() -> None:
     if args.speed_only:
         det = Detector(backbone=args.model, weights="random").eval()
         rng = np.random.default_rng(0)
-        calibration = test = rng.integers(0, 256, (16, 3, det.image_size, det.image_size), dtype=np.uint8)
+        calibration = test = rng.integers(0, 256, (16, 3, *det.input_hw), dtype=np.uint8)
         samples = []
     else:
         det = Detector.load(args.model, runtime="torch").eval()
         root = Path(args.category)
         calibration = load_resized(sorted((root / "train" / "good").iterdir())[:args.calibration],
-                                   det.image_size, False).numpy()
-        samples, S = mvtec_category(root).test, det.image_size
+                                   det.input_hw, False).numpy()
+        samples, S = mvtec_category(root).test, det.input_hw
         test = load_resized([s.path for s in samples], S, False).numpy()
         masks = np.stack([mask_at(read_sample_mask(s), (S, S)) for s in samples])
         labels = np.array([s.label for s in samples])

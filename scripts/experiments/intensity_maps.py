@@ -10,9 +10,7 @@ image AUROC of the development part, at the detector's geometry. No final-part l
 from __future__ import annotations
 
 import argparse
-import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,8 +33,7 @@ def main() -> None:
     ap.add_argument("--kind", default="uneven", help="a defect type whose pixel AUROC is shown on its own")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
-    sys.path.insert(0, str(Path(__file__).parent))
-    from fusion_sweep import localisation
+    from common import localisation
 
     from fastmsfd import Detector, metrics
     from fastmsfd.data import load_resized
@@ -44,7 +41,7 @@ def main() -> None:
     from fastmsfd.ops import reference
 
     det = Detector.load(args.model, runtime="torch")
-    size, resize = det.input_hw, det.settings.network.resize
+    size, resize = det.input_hw, det.settings.geometry.resize
     dev = dev_final_split(mvtec_category(args.category))[0].test
     images = load_resized([s.path for s in dev], size, resize=resize)
     labels = np.array([s.label for s in dev])

@@ -12,10 +12,8 @@ does; pixel AUROC, AUPRO and the map's image AUROC of the development part. No f
 from __future__ import annotations
 
 import argparse
-import sys
 import warnings
 from functools import partial
-from pathlib import Path
 
 
 def main() -> None:
@@ -26,8 +24,7 @@ def main() -> None:
     ap.add_argument("--pools", default="1", help="pooled context: k x k average pooling of the features (1: none)")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
-    sys.path.insert(0, str(Path(__file__).parent))
-    from fusion_sweep import score_category
+    from common import score_category
 
     from fastmsfd import Detector, metrics
     from fastmsfd.data import load_resized
@@ -42,22 +39,22 @@ def main() -> None:
     print(f"{cat.root.parent.name}, {det.input_hw[0]}x{det.input_hw[1]}, layers {list(det.layers)}, "
           f"development part ({len(dev.test)} images)\n")
     print("| sigma_factor | pooled context | pixel AUROC | AUPRO | image AUROC (map) |\n|---|---|---|---|---|")
-    features = det._all_features
+    features = det.model.all_features
     for factor in map(float, args.factors.split(",")):
         for k in map(int, args.pools.split(",")):
-            det.settings = det.settings.replace(sigma_factor=factor)
-            det._all_features = features if k == 1 else partial(pooled_features, features, k)
-            set_border_statistics(det, train)
+            det.model.config = det.settings.replace(sigma_factor=factor)
+            det.model.all_features = features if k == 1 else partial(pooled_features, features, k)
+            set_border_statistics(det.model, train)
             d = score_category(det, dev.test)
             pixel = " | ".join(f"{d[key]:.4f}" if key in d else "n/a" for key in ("pixel_auroc", "aupro"))
             print(f"| {factor:g} | {k}x{k} | {pixel} | {metrics.auroc(d['labels'], d['z_map']):.4f} |", flush=True)
 
 
-def pooled_features(features, k: int, x, pooled_global: bool = True):
+def pooled_features(features, k: int, x):
     """The map features average-pooled k x k (stride 1; at the border, the mean of the cells inside)."""
     import torch.nn.functional as F
 
-    t, s, g = features(x, pooled_global=pooled_global)
+    t, s, g = features(x)
     pool = partial(F.avg_pool2d, kernel_size=k, stride=1, padding=k // 2, count_include_pad=False)
     return [pool(f) for f in t], [pool(f) for f in s], g
 

@@ -25,7 +25,7 @@ def main() -> None:
     from fastmsfd.evaluate import mask_at, read_sample_mask
 
     det = Detector.load(args.model, runtime="torch").eval()
-    S = det.image_size
+    S = det.input_hw
     samples = mvtec_category(args.category).test
     labels = np.array([s.label for s in samples])
     masks = np.stack([mask_at(read_sample_mask(s), (S, S)) for s in samples])
@@ -35,14 +35,13 @@ def main() -> None:
     total_maps, total_scores = [], []
     with torch.no_grad():
         for i in range(0, len(u8), 16):
-            t, s = det.features(det._prepare(u8[i:i + 16]))
+            t, s = det.model.features(det.model.normalize(u8[i:i + 16]))
             for layer in range(len(det.layers)):
                 # raw: the border statistics belong to the detector's full heatmap, not to one layer
-                heat, score = det.maps_from_features(t[layer:layer + 1], s[layer:layer + 1], [1.0],
-                                                     standardize=False)
+                heat, score = det.model.raw_heatmaps(t[layer:layer + 1], s[layer:layer + 1], [1.0])
                 maps[layer].append(heat)
                 scores[layer].append(score)
-            heat, score = det.maps_from_features(t, s)
+            heat, score = det.model.heatmaps(t, s)
             total_maps.append(heat)
             total_scores.append(score)
     print(f"{args.model} on {args.category}\n| layer | image AUROC | pixel AUROC |\n|---|---|---|")

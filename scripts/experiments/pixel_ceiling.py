@@ -15,21 +15,14 @@ cells of them per layer (seeded).
 from __future__ import annotations
 
 import argparse
-import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from common import nearest_cell_distance
 
-
-def nearest_cell_distance(cells: torch.Tensor, bank: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
-    """Euclidean distance of each row of cells (N, C) to its nearest row of bank (M, C), in chunks."""
-    b2 = (bank * bank).sum(1)
-    out = [((q * q).sum(1, keepdim=True) + b2 - 2 * q @ bank.T).min(1).values.clamp_min(0).sqrt()
-           for q in cells.split(chunk)]
-    return torch.cat(out)
+from fastmsfd.config import ScoreSettings
 
 
 def main() -> None:
@@ -44,8 +37,7 @@ def main() -> None:
     ap.add_argument("--scale", type=int, default=1, help="the detector's input size times this (more cells)")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
-    sys.path.insert(0, str(Path(__file__).parent))
-    from fusion_sweep import localisation
+    from common import localisation
 
     from fastmsfd import Detector, metrics
     from fastmsfd.data import load_resized
@@ -54,7 +46,7 @@ def main() -> None:
     from fastmsfd.ops import reference
 
     fitted = Detector.load(args.model, runtime="torch")
-    S, resize = tuple(args.scale * n for n in fitted.input_hw), fitted.settings.network.resize
+    S, resize = tuple(args.scale * n for n in fitted.input_hw), fitted.settings.geometry.resize
     cat = mvtec_category(args.category)
     dev, _ = dev_final_split(cat)
     train, held, _ = split_held_out(load_resized(cat.train, S, resize=resize), fitted.config.get("val_fraction", 0.1),
@@ -67,13 +59,14 @@ def main() -> None:
           f"{len(train)} training images, {len(held)} held-out normal images\n")
     print("| teacher | pooling | layers | pixel AUROC | AUPRO | image AUROC (top 1%) |\n|---|---|---|---|---|---|")
     for backbone in args.backbones.split(","):
-        det = Detector(backbone=backbone, image_size=S, layers=layers, global_layer=None, resize=resize).eval()
+        det = Detector(backbone=backbone, image_size=S, layers=layers, resize=resize,
+                       score=ScoreSettings(global_layer=None)).eval()
 
         @torch.no_grad()
         def features(u8: torch.Tensor, k: int) -> list[torch.Tensor]:
             out = [[] for _ in layers]
             for i in range(0, len(u8), 16):
-                for j, f in enumerate(det.teacher(det._prepare(u8[i:i + 16]))):
+                for j, f in enumerate(det.model.teacher(det.model.normalize(u8[i:i + 16]))):
                     f = f.float()
                     out[j].append(f if k == 1 else F.avg_pool2d(f, k, 1, k // 2, count_include_pad=False))
             return [torch.cat(o) for o in out]

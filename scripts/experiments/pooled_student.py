@@ -15,22 +15,24 @@ import warnings
 from pathlib import Path
 
 import torch.nn.functional as F
-from fusion_sweep import auroc_at, score_category
+from common import auroc_at, score_category
+
+from fastmsfd.config import ScoreSettings
 
 
 def pool_map_features(k: int) -> None:
-    """Make every Detector compare k x k average-pooled map features (training, calibration, scoring)."""
-    from fastmsfd import Detector
+    """Make every model compare k x k average-pooled map features (training, calibration, scoring)."""
+    from fastmsfd.model import MSFDModel
 
-    plain = getattr(Detector, "_plain_features", Detector._features)
-    Detector._plain_features = plain
+    plain = getattr(MSFDModel, "_plain_features", MSFDModel._features)
+    MSFDModel._plain_features = plain
 
     def pooled(self, x, student=None, pooled_global=True):
         t, s, g = plain(self, x, student, pooled_global)
         pool = (lambda f: F.avg_pool2d(f, k, stride=1, padding=k // 2, count_include_pad=False)) if k > 1 else None
         return ([pool(a) for a in t], [pool(b) for b in s], g) if pool else (t, s, g)
 
-    Detector._features = pooled
+    MSFDModel._features = pooled
 
 
 def main() -> None:
@@ -52,7 +54,8 @@ def main() -> None:
     for k in (int(v) for v in args.pools.split(",")):
         pool_map_features(k)
         t0 = time.perf_counter()
-        det = Detector(global_density="gaussian").fit(cat.train, progress=False).eval()  # the run in the docs
+        # the run in the docs
+        det = Detector(score=ScoreSettings(global_density="gaussian")).fit(cat.train, progress=False).eval()
         fit_s = time.perf_counter() - t0
         det.save(out / f"{name}-pool{k}.fastmsfd")
         part = score_category(det, dev)

@@ -34,7 +34,7 @@ def main() -> None:
                          .resize((args.size, args.size), Image.BICUBIC)) for _ in range(args.n)]
     u8 = torch.randint(0, 256, (args.batch, 3, 256, 256), dtype=torch.uint8)
     batches = -(-args.n // args.batch)
-    fns = [lambda: [det._infer(u8) for _ in range(batches)], lambda: det.predict(arrays, batch_size=args.batch)]
+    fns = [lambda: [det.infer(u8) for _ in range(batches)], lambda: det.predict(arrays, batch_size=args.batch)]
     times = [[], []]
     with torch.no_grad():
         for fn in fns:

@@ -13,7 +13,9 @@ import warnings
 
 import numpy as np
 import torch
-from fusion_sweep import add_cached_model_args, cached_category
+from common import add_cached_model_args, cached_category
+
+from fastmsfd.global_score import fuse_z
 
 WEIGHTS = (0.0, 0.4, 0.5, 0.6, 0.7, 1.0)
 
@@ -23,7 +25,7 @@ def heat_and_global(det, images_u8: torch.Tensor, batch: int = 16) -> tuple[torc
     """(heatmaps, global scores) of uint8 images at the detector's input size."""
     heats, globs = [], []
     for i in range(0, len(images_u8), batch):
-        heat, _, glob = det.map_and_global(det._prepare(images_u8[i:i + batch]))
+        heat, _, glob = det.model.map_and_global(det.model.normalize(images_u8[i:i + batch]))
         heats.append(heat.float())
         globs.append(glob.float())
     return torch.cat(heats), torch.cat(globs).numpy()
@@ -55,14 +57,14 @@ def main() -> None:
         m_default = reference.image_score(heat_n, det.settings.score.score_topk).double()
         rebuilt = [float(m_default.mean()), float(m_default.std()), float(glob_n.mean()), float(glob_n.std(ddof=1))]
         print(f"{name}: {len(held_out_u8)} held-out normal images, {len(dev)} development images; score statistics "
-              f"rebuilt {np.round(rebuilt, 4).tolist()}, saved {np.round(det.score_stats.tolist(), 4).tolist()}",
+              f"rebuilt {np.round(rebuilt, 4).tolist()}, saved {np.round(det.model.score_stats.tolist(), 4).tolist()}",
               flush=True)
         for k in fractions:
             top = None if k == 0 else k
             m_n = reference.image_score(heat_n, top).numpy()
             z_map = (reference.image_score(heat_d, top).numpy() - m_n.mean()) / m_n.std(ddof=1)
             for w in WEIGHTS:
-                rows.setdefault((k, w), []).append(metrics.auroc(labels, (1 - w) * z_map + w * z_glob))
+                rows.setdefault((k, w), []).append(metrics.auroc(labels, fuse_z(z_map, z_glob, w)))
     print("| top fraction k | w | " + " | ".join(names) + " | mean |\n|---|---|" + "---|" * (len(names) + 1))
     for (k, w), aurocs in rows.items():
         label = "maximum" if k == 0 else f"{k:g}"

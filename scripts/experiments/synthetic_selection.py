@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fastmsfd.global_score import fuse_z
+
 WEIGHTS = [round(0.1 * i, 1) for i in range(11)]
 LAYER_SETS = ("stage2-stage3-stage4", "stage4-stage5-stage6")
 DEFAULT = ("stage4-stage5-stage6", 0.4)
@@ -39,13 +41,13 @@ def z_scores(det, u8: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """(z map score, z global score) per image, standardised as fuse() does (fit's own helper)."""
     from fastmsfd.fit import _standardized_scores
 
-    return tuple(z.numpy() for z in _standardized_scores(det, u8))
+    return tuple(z.numpy() for z in _standardized_scores(det.model, u8))
 
 
 def table(labels, zm, zg) -> dict[float, float]:
     from fastmsfd import metrics
 
-    return {w: metrics.auroc(labels, (1 - w) * zm + w * zg) for w in WEIGHTS}
+    return {w: metrics.auroc(labels, fuse_z(zm, zg, w)) for w in WEIGHTS}
 
 
 def separation(normal, other) -> dict[float, float]:
@@ -144,12 +146,12 @@ def main() -> None:
         for ls in LAYER_SETS:
             det = Detector.load(Path(args.models) / f"{name}-{ls}{args.geometry}.fastmsfd", runtime="torch").eval()
             S = det.input_hw
-            dev_u8 = load_resized([s.path for s in dev.test], S, resize=det.settings.network.resize)
+            dev_u8 = load_resized([s.path for s in dev.test], S, resize=det.settings.geometry.resize)
             labels = np.array([s.label for s in dev.test])
             dev_z = z_scores(det, dev_u8)
             for w, a in table(labels, *dev_z).items():
                 dev_auc[(ls, w)] = a
-            train = load_resized(training_paths(cat.root), S, resize=det.settings.network.resize)
+            train = load_resized(training_paths(cat.root), S, resize=det.settings.geometry.resize)
             _, held_out, _ = split_held_out(train, 0.1, 0)          # fit's own split (seed 0, 10%)
             normal = z_scores(det, held_out)
             if args.unlabeled:  # diagnosis only: does the stream's good part score like the held-out normals?

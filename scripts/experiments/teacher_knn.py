@@ -11,7 +11,6 @@ Test labels only report the result.
 from __future__ import annotations
 
 import argparse
-import sys
 import warnings
 from pathlib import Path
 
@@ -29,8 +28,7 @@ def main() -> None:
     ap.add_argument("--bank", type=int, default=50_000)
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
-    sys.path.insert(0, str(Path(__file__).parent))
-    from pixel_ceiling import nearest_cell_distance
+    from common import nearest_cell_distance
 
     from fastmsfd import Detector, metrics
     from fastmsfd.data import load_resized
@@ -49,7 +47,7 @@ def main() -> None:
     def features(paths: list[Path]) -> list[torch.Tensor]:
         u8, out = load_resized(paths, args.image_size, False), None
         for i in range(0, len(u8), 16):
-            t = det.teacher(det._prepare(u8[i:i + 16]))
+            t = det.model.teacher(det.model.normalize(u8[i:i + 16]))
             out = out or [[] for _ in t]
             for layer, f in enumerate(t):
                 out[layer].append(f.float())

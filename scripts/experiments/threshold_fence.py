@@ -15,7 +15,7 @@ import warnings
 
 import numpy as np
 import torch
-from final_parts import default_detector
+from common import default_detector
 
 
 def main() -> None:
@@ -40,7 +40,7 @@ def main() -> None:
         cat = mvtec_category(folder)
         name = f"{cat.root.parent.name}-{cat.root.name}"
         det = default_detector(args.models, cat)
-        resize = det.settings.network.resize
+        resize = det.settings.geometry.resize
         _, held, _ = split_held_out(load_resized(training_paths(cat.root), det.input_hw, resize=resize),
                                     det.config.get("val_fraction", 0.1), det.config.get("seed", 0))
         held_scores = det.predict(held).scores.double()
