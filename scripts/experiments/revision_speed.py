@@ -1,7 +1,9 @@
-"""Inference speed of two source trees of fastmsfd, measured alternately in one run (A B A B ...), each round in
-a fresh process: for a refactor that must not slow the detector down. Each tree needs its compiled extension
-(copy fastmsfd/_C*.so into an older checkout). The default detector at 256x256 (real weights, untrained: speed does
-not depend on training), uint8 batches of --batch, the median of --reps calls after a warm-up, per runtime.
+"""Inference speed of two source trees of fastmsfd, measured alternately in one run: for a refactor that must not
+slow the detector down. Each tree needs its compiled extension (copy fastmsfd/_C*.so into an older checkout). The
+default detector at 256x256 (real weights, untrained: speed does not depend on training), uint8 batches of
+--batch. Per runtime, each round in a fresh process (A B A B ...), the median of --reps calls after a warm-up;
+then both trees' exported ONNX graphs in ONE process, calls alternating, which removes the process-to-process
+spread (about 10% on 2 cores).
 
     git worktree add /tmp/before HEAD~5 && cp fastmsfd/_C*.so /tmp/before/fastmsfd/
     .venv/bin/python scripts/experiments/revision_speed.py /tmp/before . --rounds 3
@@ -14,6 +16,17 @@ import os
 import statistics
 import subprocess
 import sys
+import time
+
+EXPORT = r"""
+import sys, warnings
+import torch
+warnings.simplefilter("ignore")
+from fastmsfd import Detector
+from fastmsfd.export import onnx_bytes
+torch.manual_seed(0)
+open(sys.argv[1], "wb").write(onnx_bytes(Detector(image_size=256, runtime="torch").eval()))
+"""
 
 CHILD = r"""
 import json, sys, time, warnings
@@ -45,6 +58,34 @@ def measure(tree: str, runtime: str, batch: int, reps: int) -> float:
     return json.loads(out.stdout.strip().splitlines()[-1])["images_per_s"]
 
 
+def graphs_alternating(before: str, after: str, batch: int, calls: int) -> tuple[float, float]:
+    """(images/s before, after): both trees' ONNX graphs in ONNX Runtime in this process, calls alternating."""
+    import tempfile
+
+    import numpy as np
+
+    from fastmsfd.runtimes import OnnxRuntimeRunner
+
+    runners = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, tree in enumerate((before, after)):
+            path = os.path.join(tmp, f"{i}.onnx")
+            subprocess.run([sys.executable, "-c", EXPORT, path], env=dict(os.environ, PYTHONPATH=os.path.abspath(tree)),
+                           check=True, capture_output=True, cwd="/")
+            runners.append(OnnxRuntimeRunner(open(path, "rb").read()))
+    import torch
+
+    u8 = torch.from_numpy((np.random.default_rng(0).random((batch, 3, 256, 256)) * 255).astype(np.uint8))
+    times: list[list[float]] = [[], []]
+    for k in range(2 * calls + 6):
+        i = (k + k // 2) % 2  # A B B A A B ...: neither always runs first
+        t0 = time.perf_counter()
+        runners[i](u8)
+        if k >= 6:  # warm-up
+            times[i].append(time.perf_counter() - t0)
+    return tuple(batch / statistics.median(t) for t in times)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("before")
@@ -64,6 +105,8 @@ def main() -> None:
         b, a = statistics.median(runs["before"]), statistics.median(runs["after"])
         print(f"| {runtime} | {' / '.join(f'{v:.1f}' for v in runs['before'])} | "
               f"{' / '.join(f'{v:.1f}' for v in runs['after'])} | {a / b:.3f} |", flush=True)
+    b, a = graphs_alternating(args.before, args.after, args.batch, 2 * args.reps)
+    print(f"| ONNX graphs in one process, alternating | {b:.1f} | {a:.1f} | {a / b:.3f} |")
 
 
 if __name__ == "__main__":
