@@ -22,7 +22,8 @@ from .global_score import DEFAULT_WEIGHT
 FORMAT = "fastmsfd"
 # 2: a detector that uses settings added after version 1 (which version-1 readers ignore, scoring differently
 # without an error); files that use none of them are still written as version 1, so older readers keep them
-FORMAT_VERSION = 2
+# 3: score layers apart from the heatmap's (score_layers), which a version-2 reader would not build
+FORMAT_VERSION = 3
 
 
 @contextlib.contextmanager
@@ -111,11 +112,13 @@ REQUIRED_SETTINGS = ("backbone", "layers", "image_size", "precision", "alpha", "
                      "score_topk", "blur_sigma")
 BUFFERS = ("layer_weights", "mean", "std")
 MAP_NORM_BUFFERS = ("map_mean", "map_std")
+SCORE_NORM_BUFFERS = ("score_map_mean", "score_map_std")  # the score map's border statistics (score_layers)
 GLOBAL_BUFFERS = {"gaussian": ("global_mean", "global_precision", "score_stats"),
                   "nearest": ("global_memory", "score_stats")}  # by global_density
 MEMORY = "global_memory"  # its number of rows is fit's to choose
 # settings added after format version 1, each with what a file without it means (what version 1 computed)
-LATER_SETTINGS = {"upsampling": "gaussian", "map_norm": None, "global_layer": None, "global_backbone": None,
+LATER_SETTINGS = {"upsampling": "gaussian", "map_norm": None, "score_layers": None, "global_layer": None,
+                  "global_backbone": None,
                   "global_weight": DEFAULT_WEIGHT, "global_image_size": None, "global_density": "gaussian",
                   "resize": "squash", "tile": None, "overlap": 0.25}
 # the ones that change what a detector computes; the others only refine global_layer and tile
@@ -124,22 +127,26 @@ MISREAD_BY_VERSION_1 = ("upsampling", "map_norm", "global_layer", "resize", "til
 
 def format_version_of(config: dict[str, Any]) -> int:
     """1 when a version-1 reader would compute what this detector computes (a square image size and none of the
-    later settings in use), else 2: an older fastmsfd then says "upgrade" instead of silently scoring the map
-    alone, without tiles or squashed."""
+    later settings in use), 3 with score layers of their own, else 2: an older fastmsfd then says "upgrade"
+    instead of silently scoring the map alone, without tiles or squashed, or refusing the student."""
+    if config.get("score_layers"):
+        return 3
     plain = isinstance(config.get("image_size"), int) and all(
         config.get(k, LATER_SETTINGS[k]) == LATER_SETTINGS[k] for k in MISREAD_BY_VERSION_1)
     return 1 if plain else 2
 
 
 def migrate(config: dict[str, Any], version: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(settings, info) of a file's flat configuration, written in format `version`: settings the file predates
-    take what its version computed (version 1: LATER_SETTINGS; version 2 files carry every setting, and a file
-    written as version 1 by a later release carries them too); every other key is what fit measured."""
+    """(settings, info) of a file's flat configuration, written in format `version` (1 to FORMAT_VERSION): a
+    setting the file predates takes what version 1 computed (LATER_SETTINGS; version-2 files carry every setting
+    but score_layers, which came with version 3, and files of any version written since carry them all); every
+    other key is what fit measured."""
     from .config import FLAT_KEYS
 
+    if not 1 <= version <= FORMAT_VERSION:
+        raise CheckpointError(f"no migration from format version {version}")
     settings = {k: v for k, v in config.items() if k in FLAT_KEYS}
-    if version <= 2:
-        settings = {**{k: v for k, v in LATER_SETTINGS.items() if k not in settings}, **settings}
+    settings = {**{k: v for k, v in LATER_SETTINGS.items() if k not in settings}, **settings}
     info = {k: v for k, v in config.items() if k not in FLAT_KEYS and k not in ("fitted", "fastmsfd_version")}
     return settings, info
 
@@ -158,7 +165,8 @@ def read_settings(path: str | os.PathLike):
 
 def _buffers(config) -> tuple[str, ...]:
     """The model's buffers a checkpoint carries for these settings."""
-    return BUFFERS + (MAP_NORM_BUFFERS if config.map.map_norm else ()) + \
+    norm = MAP_NORM_BUFFERS + (SCORE_NORM_BUFFERS if config.score.score_layers else ())
+    return BUFFERS + (norm if config.map.map_norm else ()) + \
         (GLOBAL_BUFFERS[config.score.global_density] if config.score.global_layer else ())
 
 

@@ -38,7 +38,11 @@ DESCRIPTION = """Fast Multi-Scale Feature Distillation anomaly detection.
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", default=NET.backbone, help="teacher/student network (default: %(default)s)")
-    p.add_argument("--layers", default=None, help="comma-separated layers, e.g. stage2,stage3,stage4")
+    p.add_argument("--layers", default=None,
+                   help="the heatmap's layers, comma-separated, e.g. stage2,stage3,stage4 (default: the backbone's)")
+    p.add_argument("--score-layers", default=None,
+                   help="the layers whose map gives the map score, when they differ from the heatmap's, e.g. "
+                        "stage4,stage5,stage6 (default: the heatmap's own score)")
     p.add_argument("--image-size", type=_image_size, default=GEO.image_size,
                    help="every image is resized to this: auto (the default: the training images' aspect at about "
                         "256x256 pixels, printed by fit), one number (a square) or HEIGHTxWIDTH, e.g. 512x192")

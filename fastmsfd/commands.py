@@ -29,7 +29,8 @@ def build_detector(args):
                     precision=args.precision or NetworkSettings().precision,
                     geometry=GeometrySettings(args.image_size, args.resize, args.tile, args.overlap),
                     heatmap=MapSettings(map_norm=choice_or_none(args.map_norm)),
-                    score=ScoreSettings(global_layer=choice_or_none(args.global_layer),
+                    score=ScoreSettings(score_layers=args.score_layers.split(",") if args.score_layers else None,
+                                        global_layer=choice_or_none(args.global_layer),
                                         global_backbone=choice_or_none(args.global_backbone),
                                         global_image_size=args.global_image_size, global_density=args.global_density,
                                         global_weight=global_weight(args.global_weight)))

@@ -122,6 +122,9 @@ class MapSettings:
 class ScoreSettings:
     """The image score: the heatmap's, fused with the global branch's (global_score.py, docs/quality.md)."""
     score_topk: float | None = 0.01  # the mean of the top 1% of the heatmap; None: its maximum
+    # the layers whose map gives the map score, when they differ from the heatmap's (network.layers): fine
+    # layers localise, deep layers judge; None: the heatmap's own score
+    score_layers: tuple[str, ...] | None = None
     # the global branch's teacher layer(s); "auto": the branch teacher's default; None: the map's score alone
     global_layer: str | None = AUTO
     # the branch's own teacher; "auto": global_score.DEFAULT_BACKBONES; None: the map's teacher
@@ -141,6 +144,8 @@ class ScoreSettings:
                                                and 0 <= self.global_weight <= 1):
             raise ValueError(f"global_weight must be in [0, 1] or 'auto', got {self.global_weight!r}")
         one_of("global_density", self.global_density, DENSITIES)
+        if self.score_layers is not None:
+            _set(self, "score_layers", tuple(self.score_layers))
         if self.global_layer is not None and not isinstance(self.global_layer, str):  # a list: one string
             _set(self, "global_layer", ",".join(self.global_layer))
         size = self.global_image_size
@@ -182,6 +187,7 @@ class DetectorConfig:
         for name, _ in PARTS:
             out.update(dataclasses.asdict(getattr(self, name)))
         out["layers"] = None if self.network.layers is None else list(self.network.layers)
+        out["score_layers"] = None if self.score.score_layers is None else list(self.score.score_layers)
         for key in ("image_size", "tile", "global_image_size"):
             if isinstance(out[key], tuple):
                 out[key] = list(out[key])
@@ -224,11 +230,17 @@ def resolve(config: DetectorConfig, image_sizes: Sequence[tuple[int, int]] | Non
     net, geo, score = config.network, config.geometry, config.score
     layers = default_layers(net.backbone) if net.layers is None else net.layers
     check_layers(net.backbone, layers)
+    score_layers = score.score_layers
+    if score_layers is not None:
+        check_layers(net.backbone, score_layers, "score_layers")
+        if set(score_layers) == set(layers):  # the heatmap's own score
+            score_layers = None
     g_backbone, g_layer = global_score.resolve(net.backbone, score.global_backbone, score.global_layer)
     size = geo.image_size
     if size == AUTO:
         size = geometry.auto_image_size(image_sizes, stride) if image_sizes else geometry.AUTO_SIDE
-    return config.replace(layers=list(layers), global_backbone=g_backbone, global_layer=g_layer,
+    return config.replace(layers=list(layers), score_layers=None if score_layers is None else list(score_layers),
+                          global_backbone=g_backbone, global_layer=g_layer,
                           global_image_size=global_score.resolve_image_size(g_backbone, score.global_image_size),
                           image_size=list(size) if isinstance(size, tuple) else size,
                           global_weight=DEFAULT_WEIGHT if score.global_weight == AUTO else score.global_weight)

@@ -89,6 +89,7 @@ class Detector(nn.Module):
         glob = f", global={s.score.global_layer} ({s.score.global_density}, weight {s.score.global_weight:g})" \
             if s.score.global_layer else ""
         tiles = "" if self.model.grid is None else f", tile={self.model.network_hw} x{len(self.model.grid)}"
+        glob = (f", score_layers={list(s.score.score_layers)}" if s.score.score_layers else "") + glob
         return (f"Detector(backbone={s.network.backbone}, layers={list(self.layers)}{glob}, "
                 f"image_size={s.geometry.image_size}, resize={s.geometry.resize}{tiles}, "
                 f"map_norm={s.map.map_norm}, precision={s.network.precision}, "

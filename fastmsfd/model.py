@@ -4,11 +4,7 @@ The torch runtime calls it; ONNX export traces exactly it (export.py), and ONNX 
 repository run that export: there is no second forward. It owns the networks (teacher, student, the global
 branch's own teacher) and every fitted statistic as a buffer. fit.py measures those statistics through the
 public pieces forward is made of (normalize, features, raw_heatmaps, map_and_global, whole_image_features), so
-what fit measures is what inference computes.
-
-    image -> normalize -> [tiles] -> teacher, student -> distance, Gaussian up-sampling, layer sum -> border
-    standardisation -> [stitch] -> heatmap -> top-k score (z map) ; whole image -> global teacher -> pooled ->
-    density distance (z global) ; score = (1 - w) z_map + w z_global
+what fit measures is what inference computes. docs/design.md ("The data path") draws it.
 """
 from __future__ import annotations
 
@@ -33,8 +29,7 @@ class ModelOutput(NamedTuple):
     """What MSFDModel.forward returns for a batch of B images (every runtime returns the same fields)."""
     heatmap: torch.Tensor   # (B, H, W) float32 at the network input size
     score: torch.Tensor     # (B,) float32: anomalous when above the threshold
-    map_z: torch.Tensor     # (B,) the heatmap's score, standardised on held-out normal images (without a global
-    #                         branch: the heatmap's score itself, which is the image score)
+    map_z: torch.Tensor     # (B,) the map score, standardised on held-out normal images (no global branch: score)
     global_z: torch.Tensor  # (B,) the global branch's score standardised likewise; NaN without a global branch
     peak: torch.Tensor      # (B, 2) int64 (row, column) of the heatmap's maximum
 
@@ -43,8 +38,7 @@ OUTPUT_NAMES = ModelOutput._fields
 
 
 def teacher_layers(backbone: str, layers: Sequence[str], global_layers: Sequence[str] = ()):
-    """(the teacher's layers from shallow to deep, the map layers' indices in them, the global layers' indices or
-    None)."""
+    """(the teacher's layers shallow to deep, the map layers' indices in them, the global layers' or None)."""
     order = layer_order(backbone)
     for name in tuple(layers) + tuple(global_layers):
         if name not in order:
@@ -67,8 +61,14 @@ class MSFDModel(nn.Module):
         self.config = config
         net, score = config.network, config.score
         global_layers = global_score.layer_names(score.global_layer)
+        # the networks' map layers: the heatmap's and the score's, shallow to deep; the layers each map reads
+        order = layer_order(net.backbone)
+        self.map_layers = tuple(sorted(set(net.layers) | set(score.score_layers or ()), key=order.index))
+        self.heat_index = [self.map_layers.index(n) for n in sorted(net.layers, key=order.index)]
+        self.score_index = None if score.score_layers is None else \
+            [self.map_layers.index(n) for n in sorted(score.score_layers, key=order.index)]
         names, self.map_index, self.global_index = teacher_layers(
-            net.backbone, net.layers, () if score.global_backbone else global_layers)
+            net.backbone, self.map_layers, () if score.global_backbone else global_layers)
         self.teacher = build_teacher(net.backbone, names, weights=weights, download=download)
         self.global_teacher = None  # the global branch's own teacher; None: the map's teacher serves it
         if score.global_backbone:
@@ -79,7 +79,7 @@ class MSFDModel(nn.Module):
             except WeightsNotFoundError as exc:
                 raise WeightsNotFoundError(f"{exc} (this is the global branch's teacher; global_backbone=None "
                                            "uses the map's teacher instead)") from None
-        self.student = build_student(net.backbone, net.layers)
+        self.student = build_student(net.backbone, self.map_layers)
         mean, std = normalization(net.backbone)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
@@ -89,12 +89,12 @@ class MSFDModel(nn.Module):
         self.register_buffer("global_in_scale", self.std / torch.tensor(g_std).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("global_in_shift", (self.mean - torch.tensor(g_mean).view(1, 3, 1, 1)) /
                              torch.tensor(g_std).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("layer_weights", torch.ones(len(net.layers)))
+        self.register_buffer("layer_weights", torch.ones(len(self.map_layers)))  # one per map layer
         self.register_buffer("threshold", torch.tensor(float("nan")))
         self._build_views()  # first: a tile larger than image_size is clamped here
-        # per-pixel statistics of normal heatmaps (map_norm="border"); the identity until fit measures them
-        self.register_buffer("map_mean", torch.zeros(self.network_hw))
-        self.register_buffer("map_std", torch.ones(self.network_hw))
+        # per-pixel statistics of normal heatmaps (map_norm="border"), and of the score's map when it has layers
+        # of its own; the identity until fit measures them
+        self.reset_border_statistics()
         if self.has_global:  # the global branch's density and the fusion's standardisation (identity until fit)
             c = sum((self.global_teacher or self.teacher).channels[i] for i in self.global_index)
             self.register_buffer("global_mean", torch.zeros(c))
@@ -142,13 +142,17 @@ class MSFDModel(nn.Module):
         return [self.teacher, self.student] + ([self.global_teacher] if self.global_teacher is not None else [])
 
     def set_geometry(self, image_size, tile=None) -> None:
-        """Change image_size and tile (fit does, for image_size="auto" and to round sizes to the stride); the map
-        statistics reset."""
+        """Change image_size and tile (fit rounds them to the stride); the border statistics reset."""
         self.config = self.config.replace(image_size=list(as_hw(image_size)),
                                           tile=None if tile is None else list(as_hw(tile)))
         self._build_views()
-        self.map_mean = torch.zeros(self.network_hw, device=self.device)
-        self.map_std = torch.ones(self.network_hw, device=self.device)
+        self.reset_border_statistics()
+
+    def reset_border_statistics(self) -> None:
+        names = ("map",) + (("score_map",) if self.score_index is not None else ())
+        for name in names:
+            self.register_buffer(f"{name}_mean", torch.zeros(self.network_hw, device=self.device))
+            self.register_buffer(f"{name}_std", torch.ones(self.network_hw, device=self.device))
 
     def _global_view_size(self) -> tuple[int, int]:
         size = self.config.score.global_image_size
@@ -201,9 +205,13 @@ class MSFDModel(nn.Module):
         return torch.autocast(self.device.type, dtype=dtype,
                               enabled=dtype != torch.float32 and not torch.jit.is_tracing())
 
-    def features(self, x: torch.Tensor, student: nn.Module | None = None):
-        """Teacher and student features at the map layers of normalised network inputs, under the precision.
-        student: the network to run in place of self.student (its DDP wrapper while training)."""
+    def features(self, x: torch.Tensor, student: nn.Module | None = None, teacher: bool = True):
+        """Teacher and student features at the map layers of normalised network inputs, under the precision
+        (teacher=False: the student's alone). student: the network to run in place of self.student (its DDP
+        wrapper while training)."""
+        if not teacher:
+            with self.autocast():
+                return (student or self.student)(x)
         return self._features(x, student, pooled_global=False)[:2]
 
     def all_features(self, x: torch.Tensor):
@@ -215,6 +223,12 @@ class MSFDModel(nn.Module):
             return self._compiled(x)
         return self._features(x)
 
+    def teacher_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The frozen teacher's map-layer features of normalised images, in float32 (what fit caches)."""
+        with torch.no_grad(), self.autocast():
+            t_all = self.teacher(x)
+        return [t_all[i].float() for i in self.map_index]
+
     def _features(self, x: torch.Tensor, student: nn.Module | None = None, pooled_global: bool = True):
         with self.autocast():
             t_all, s = self.teacher(x), (student or self.student)(x)
@@ -222,8 +236,7 @@ class MSFDModel(nn.Module):
             if self.has_global and pooled_global:  # the map teacher's features serve an unresized view
                 g = self.pooled_global(self.whole_image(x), None if self.view_resized else t_all)
         t = [t_all[i] for i in self.map_index]
-        # under autocast the teacher's float32 standardisation can leave it in float32 while the student is in
-        # bfloat16/float16: give both the student's dtype (the distance kernels accumulate in float32 anyway)
+        # autocast can leave the teacher's standardisation in float32: give both the student's dtype
         return [a.to(b.dtype) for a, b in zip(t, s)], s, g
 
     def whole_image(self, x: torch.Tensor) -> torch.Tensor:
@@ -267,27 +280,44 @@ class MSFDModel(nn.Module):
                                aggregate=maps.aggregate, topk=self.config.score.score_topk,
                                blur_sigma=maps.blur_sigma, backend=backend, upsampling=maps.upsampling)
 
-    def heatmaps(self, t, s) -> tuple[torch.Tensor, torch.Tensor]:
-        """(heatmaps, scores) of features at the networks' input size, standardised by the border statistics."""
-        heat, score = self.raw_heatmaps(t, s)
-        if self.config.map.map_norm:
+    def raw_maps(self, t, s, index: Sequence[int]):
+        """(maps, scores) of the map layers at `index` (heat_index, score_index) of the map layers' features,
+        weighted by their layer weights, before the border standardisation."""
+        weights = self.layer_weights.tolist()
+        return self.raw_heatmaps([t[i] for i in index], [s[i] for i in index], [weights[i] for i in index])
+
+    def heatmaps(self, t, s):
+        """(heatmaps, their scores, score maps or None) of the map layers' features at the networks' input size,
+        each standardised by its border statistics; the score map (score_layers) gives the map score where it
+        exists, the heatmap's own score otherwise."""
+        topk, norm = self.config.score.score_topk, self.config.map.map_norm
+        heat, score = self.raw_maps(t, s, self.heat_index)
+        if norm:
             heat = calibration.standardize(heat, self.map_mean, self.map_std)
-            score = reference.image_score(heat, self.config.score.score_topk)
-        return heat, score
+            score = reference.image_score(heat, topk)
+        if self.score_index is None:
+            return heat, score, None
+        score_map, score = self.raw_maps(t, s, self.score_index)
+        if norm:
+            score_map = calibration.standardize(score_map, self.score_map_mean, self.score_map_std)
+            score = reference.image_score(score_map, topk)
+        return heat, score, score_map
 
     def map_and_global(self, x: torch.Tensor):
         """(heatmaps at input_hw, the map's scores, the global branch's raw scores or None) of normalised images.
         Tiles: cut, scored tile by tile, stitched (tiling.py); the global branch sees the whole image once."""
         if self.grid is None:
             t, s, g = self.all_features(x)
-            heat, score = self.heatmaps(t, s)
+            heat, score, _ = self.heatmaps(t, s)
         else:
             tiles = tiling.cut(x, self.grid)
             step = max(self.TILE_CHUNK, len(x))  # a traced graph takes them in one: its batch is not fixed
             chunks = [tiles] if torch.jit.is_tracing() else [tiles[i:i + step] for i in range(0, len(tiles), step)]
-            heat = tiling.stitch(torch.cat([self.heatmaps(*self.features(c))[0] for c in chunks]), self.grid,
-                                 self.tile_weights)
-            score = reference.image_score(heat, self.config.score.score_topk)
+            maps = [self.heatmaps(*self.features(c)) for c in chunks]
+            heat = tiling.stitch(torch.cat([m[0] for m in maps]), self.grid, self.tile_weights)
+            score_map = heat if self.score_index is None else \
+                tiling.stitch(torch.cat([m[2] for m in maps]), self.grid, self.tile_weights)
+            score = reference.image_score(score_map, self.config.score.score_topk)
             g = self.whole_image_features(x) if self.has_global else None
         return heat, score, (None if g is None else self.global_distance(g))
 

@@ -85,6 +85,20 @@ def test_resolve_turns_every_auto_into_a_value():
     assert plain.score.global_layer is None and plain.score.global_backbone is None
 
 
+def test_score_layers_are_checked_and_the_heatmaps_own_when_equal():
+    with pytest.raises(ValueError, match="score_layers") as info:
+        Detector(weights="random", image_size=32, score=ScoreSettings(score_layers=["stage9"]))
+    assert "stage2" in str(info.value)  # the valid layers, named
+    with pytest.raises(ValueError, match="empty"):
+        Detector(weights="random", image_size=32, score=ScoreSettings(score_layers=[]))
+    same = resolve(DetectorConfig(NetworkSettings(layers=["stage3", "stage4"]),
+                                  score=ScoreSettings(score_layers=["stage4", "stage3"])))
+    assert same.score.score_layers is None  # the heatmap's own score
+    split = resolve(DetectorConfig(NetworkSettings(layers=["stage2", "stage3", "stage4"]),
+                                   score=ScoreSettings(score_layers=["stage4"])))
+    assert split.score.score_layers == ("stage4",) and split.to_dict()["score_layers"] == ["stage4"]
+
+
 @pytest.mark.parametrize("layers,match", [((), "empty"), (("stage4", "block9"), "block9")])
 def test_bad_layer_sets_name_the_valid_layers(layers, match):
     with pytest.raises(ValueError, match=match) as info:

@@ -31,6 +31,12 @@ CONFIGS = {
     "rectangle, letterboxed": dict(image_size=(64, 96), geometry=GeometrySettings(resize="keep_aspect"),
                                    score=ScoreSettings(global_backbone=None)),
     "tiles with the Lite2 branch": dict(image_size=(96, 128), geometry=GeometrySettings(tile=64), score=LITE2_BRANCH),
+    "heatmap stage2-6, score stage4-6": dict(layers=["stage2", "stage3", "stage4", "stage5", "stage6"],
+                                             score=ScoreSettings(score_layers=["stage4", "stage5", "stage6"],
+                                                                 global_backbone=None)),
+    "tiles, score layers of their own": dict(image_size=(96, 128), geometry=GeometrySettings(tile=64),
+                                             layers=["stage2", "stage3"],
+                                             score=ScoreSettings(score_layers=["stage3"], global_layer=None)),
     "tiles, no branch": dict(image_size=(96, 128), geometry=GeometrySettings(tile=64, overlap=0.5),
                              score=ScoreSettings(global_layer=None)),
 }
@@ -43,8 +49,9 @@ def _fitted_looking(det, g):
         for p in model.student.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=g))
         model.layer_weights.copy_(torch.rand(len(model.layer_weights), generator=g) + 0.5)
-        model.map_mean.copy_(0.1 * torch.randn(model.map_mean.shape, generator=g))
-        model.map_std.copy_(1 + 0.2 * torch.rand(model.map_std.shape, generator=g))
+        for name in ("map", "score_map") if model.score_index is not None else ("map",):
+            getattr(model, f"{name}_mean").copy_(0.1 * torch.randn(model.map_mean.shape, generator=g))
+            getattr(model, f"{name}_std").copy_(1 + 0.2 * torch.rand(model.map_std.shape, generator=g))
         if model.has_global:
             c = model.global_memory.shape[1]
             model.global_memory = torch.randn(7, c, generator=g)
