@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 import warnings
 from collections.abc import Iterator
 
@@ -19,6 +20,7 @@ from .errors import DataError
 from .ops import reference
 from .train import TrainConfig, auto_epochs, distill, recipe
 
+MIN_NORMAL_IMAGES = 10  # fewer: the border statistics and the threshold rest on a handful of heatmaps
 MIN_HELD_OUT_FOR_SCALES = 3  # held-out images that measure the fused scores' mean and std; fewer: all images
 MAP_NORM_MAX_IMAGES = 256  # normal images whose heatmaps give the border statistics (an even subsample beyond)
 
@@ -54,6 +56,7 @@ def fit_detector(det, source, epochs: int | None, batch_size: int, lr: float, va
         raise TypeError(f"fit() sets {owned} itself (alpha, beta and ops_backend are Detector(...) settings; "
                         "rank and world_size come from torchrun)")
     TrainConfig(**train_kwargs)
+    clock = Laps()
     if isinstance(source, Iterator):  # a generator: image_size="auto" reads the images before loading them
         source = list(source)
     paths = source_paths(source)
@@ -62,7 +65,13 @@ def fit_detector(det, source, epochs: int | None, batch_size: int, lr: float, va
     choose_geometry(det, source, progress)
     model = det.model
     images = normal_images_u8(source, det.input_hw, progress, det.settings.geometry.resize)
+    if 2 <= len(images) < MIN_NORMAL_IMAGES:
+        warnings.warn(f"fit: {len(images)} normal images; the localisation statistics (layer weights, border "
+                      f"statistics) and the threshold are unreliable with fewer than {MIN_NORMAL_IMAGES}. "
+                      f"{MIN_NORMAL_IMAGES} or more would do, 30 or more (3 held out at val_fraction 0.1) better.",
+                      stacklevel=3)
     train, val, n_val = split_held_out(images, val_fraction, seed)
+    clock.lap("load")
     # tiles: the student learns from random tiles of the training images; the held-out images are cut into the
     # grid's tiles for early stopping and the layer weights, and scored whole for the threshold
     crops = torch.Generator().manual_seed(seed)
@@ -71,7 +80,7 @@ def fit_detector(det, source, epochs: int | None, batch_size: int, lr: float, va
     # from scratch instead of continuing the first.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        student = build_student(det.settings.network.backbone, det.layers)
+        student = build_student(det.settings.network.backbone, model.map_layers)
     device = rank_device(det.device)  # torchrun on GPUs: this rank's own GPU
     if device != det.device:
         det.to(device)
@@ -82,8 +91,7 @@ def fit_detector(det, source, epochs: int | None, batch_size: int, lr: float, va
                       alpha=maps.alpha, beta=maps.beta, seed=seed, progress=progress and rank == 0, rank=rank,
                       world_size=world, ops_backend=model.ops_backend, **train_kwargs)
     model.layer_weights.fill_(1.0)
-    model.map_mean.zero_()
-    model.map_std.fill_(1.0)
+    model.reset_border_statistics()
     net_hw = model.network_hw
     model.teacher.fit_statistics(model.normalize(tiling.random_crops(train[i:i + 32], net_hw, crops))
                                  for i in range(0, len(train), 32))
@@ -91,29 +99,70 @@ def fit_detector(det, source, epochs: int | None, batch_size: int, lr: float, va
         model.global_teacher.fit_statistics(
             model.global_teacher_input(model.whole_image(model.normalize(train[i:i + 32])))
             for i in range(0, len(train), 32))
+    clock.lap("teacher_statistics")
     det.set_compute_precision(training=True)
     try:
         with data_parallel(model.student, device, world) as ddp_student:  # torchrun: DDP + global-batch BatchNorm
-            features = model.features if world == 1 else (lambda x: model.features(x, ddp_student))
+            features = model.features if world == 1 else \
+                (lambda x, teacher=True: model.features(x, ddp_student, teacher))
+            cached = teacher_cache(model, train, val_net) if model.grid is None and not cfg.augment and \
+                not cfg.crop_scale else None
+            clock.lap("teacher_cache")
             det.history = distill(model.teacher, model.student, features, train, val_net,
-                                  lambda u8: model.normalize(tiling.random_crops(u8, net_hw, crops)), cfg)
+                                  lambda u8: model.normalize(tiling.random_crops(u8, net_hw, crops)), cfg, cached)
     finally:
         det.set_compute_precision()
+    clock.lap("distill")
     det.eval()
     set_layer_weights(model, val_net)
+    clock.lap("layer_weights")
     if maps.map_norm:
         set_border_statistics(model, train if model.grid is None else tiling.random_crops(train, net_hw, crops))
+        clock.lap("border_statistics")
     if model.has_global:
         set_global_statistics(model, train, val, n_val)
         if det.requested.score.global_weight == "auto":
             det.info["global_weight_choice"] = choose_global_weight(model, val, seed)
+        clock.lap("global_statistics")
     det.fitted = True
     det.reset_runtime()
     det.calibrate(val, quantile=calibrate_quantile, names=held_out_names(source, len(images), val_fraction, seed))
+    clock.lap("calibration")
     det.info.update(n_train=len(train), n_val=n_val, epochs_run=len(det.history.val_loss),
-                    fit_seconds=round(det.history.seconds, 2), training=recipe(cfg))
+                    fit_seconds=round(det.history.seconds, 2), training=recipe(cfg), fit_timing=clock.seconds)
     if progress and rank == 0:
         print(f"fastmsfd fit: settings {json.dumps(det.settings.to_dict())}")
+        print(f"fastmsfd fit: seconds {json.dumps(clock.seconds)}")
+
+
+CACHE_BYTES = 2 * 1024 ** 3  # the teacher's cached features stay under this; beyond, it runs every epoch
+
+
+@torch.no_grad()
+def teacher_cache(model, train_u8: torch.Tensor, val_u8: torch.Tensor, batch_size: int = 32):
+    """The frozen teacher's map-layer features of the training and the held-out images, computed once for the
+    whole distillation (it sees each image unchanged every epoch), or None beyond CACHE_BYTES."""
+    per_image = sum(f[0].numel() * 4 for f in model.teacher_features(model.normalize(train_u8[:1])))
+    if per_image * (len(train_u8) + len(val_u8)) > CACHE_BYTES:
+        return None
+    return tuple([torch.cat(layer) for layer in zip(*(model.teacher_features(model.normalize(u8[i:i + batch_size]))
+                                                       for i in range(0, len(u8), batch_size)))]
+                 for u8 in (train_u8, val_u8))
+
+
+class Laps:
+    """Where a fit's time goes: seconds per step, in order, and their total."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, step: str) -> None:
+        now = time.perf_counter()
+        total = self.seconds.pop("total", 0.0) + now - self._last
+        self.seconds[step] = round(now - self._last, 2)
+        self.seconds["total"] = round(total, 2)  # last
+        self._last = now
 
 
 def held_out_names(source, n: int, val_fraction: float, seed: int) -> list[str]:
@@ -190,16 +239,21 @@ def set_layer_weights(model, images_u8: torch.Tensor) -> None:
 
 @torch.no_grad()
 def set_border_statistics(model, images_u8: torch.Tensor) -> None:
-    """model.map_mean / map_std from the raw heatmaps of normal images, pooled by distance to the border. fit()
+    """model.map_mean / map_std from the raw heatmaps of normal images, pooled by distance to the border (and
+    score_map_mean / score_map_std from the score's map where it has layers of its own). fit()
     passes the training images, not the small held-out part: the ring statistics need many images (the demo's
     8 held-out crops were too noisy). The student fits its training images more closely, but a shift or scale
     shared by all pixels changes no ranking, and the threshold is calibrated afterwards on held-out images."""
     step = max(1, math.ceil(len(images_u8) / MAP_NORM_MAX_IMAGES))
-    heat = torch.cat([model.raw_heatmaps(t, s)[0]
-                      for t, s in _batched_features(model, images_u8[::step])])
-    mean, std = calibration.border_statistics(heat)
-    model.map_mean.copy_(mean)
-    model.map_std.copy_(std)
+    maps = {"map": model.heat_index, "score_map": model.score_index}
+    raw: dict[str, list[torch.Tensor]] = {name: [] for name, index in maps.items() if index is not None}
+    for t, s in _batched_features(model, images_u8[::step]):
+        for name in raw:
+            raw[name].append(model.raw_maps(t, s, maps[name])[0])
+    for name, heat in raw.items():
+        mean, std = calibration.border_statistics(torch.cat(heat))
+        getattr(model, f"{name}_mean").copy_(mean)
+        getattr(model, f"{name}_std").copy_(std)
 
 
 def _scale_images(train: torch.Tensor, val: torch.Tensor, n_val: int) -> tuple[torch.Tensor, bool]:

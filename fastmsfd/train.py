@@ -131,14 +131,23 @@ def _batches(n: int, batch_size: int, generator: torch.Generator | None):
         yield order[i:i + batch_size]
 
 
+def _pair(features: Callable, x: torch.Tensor, cached: list[torch.Tensor] | None, rows: torch.Tensor):
+    """(teacher, student) features of a normalised batch: the teacher's from the cache (its rows) when given."""
+    if cached is None:
+        return features(x)
+    s = features(x, teacher=False)
+    return [c[rows].to(b.dtype) for c, b in zip(cached, s)], s
+
+
 @torch.no_grad()
 def held_out_loss(student: nn.Module, features: Callable, images_u8: torch.Tensor, prepare: Callable,
-                  cfg: TrainConfig, batch_size: int = 16) -> float:
+                  cfg: TrainConfig, batch_size: int = 16, cached: list[torch.Tensor] | None = None) -> float:
     was_training = student.training
     student.eval()
     total, count = 0.0, 0
     for idx in _batches(len(images_u8), batch_size, None):
-        loss = ops.distill_loss(*features(prepare(images_u8[idx])), cfg.alpha, cfg.beta, backend=cfg.ops_backend)
+        loss = ops.distill_loss(*_pair(features, prepare(images_u8[idx]), cached, idx), cfg.alpha, cfg.beta,
+                                backend=cfg.ops_backend)
         total += float(loss) * len(idx)
         count += len(idx)
     student.train(was_training)
@@ -188,10 +197,17 @@ def _optimizer(student: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def distill(teacher: nn.Module, student: nn.Module, features: Callable, train_u8: torch.Tensor,
-            val_u8: torch.Tensor, prepare: Callable[[torch.Tensor], torch.Tensor], cfg: TrainConfig) -> TrainHistory:
+            val_u8: torch.Tensor, prepare: Callable[[torch.Tensor], torch.Tensor], cfg: TrainConfig,
+            cached: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None) -> TrainHistory:
     """Train `student` in place; on return it holds the state with the best held-out loss.
 
-    features(x) -> (teacher feats, student feats) of a normalised batch; prepare(uint8 batch) -> normalised."""
+    features(x) -> (teacher feats, student feats) of a normalised batch, features(x, teacher=False) -> student
+    feats; prepare(uint8 batch) -> normalised. cached: the teacher's features of train_u8 and of val_u8 (rows
+    in order), computed once, when the teacher sees each image unchanged every epoch (no augmentation, no
+    random crops)."""
+    if cached is not None and (cfg.augment or cfg.crop_scale):
+        raise ValueError("distill: cached teacher features need images the teacher sees unchanged (no augment, "
+                         "no crop_scale)")
     from tqdm.auto import tqdm
 
     one_of("augment", cfg.augment, AUGMENTATIONS)
@@ -230,10 +246,11 @@ def distill(teacher: nn.Module, student: nn.Module, features: Callable, train_u8
                 continue  # BatchNorm needs two samples (every process one); the images are seen in other epochs
             batch = augment_batch(train_u8[idx], cfg.augment, gen)  # same draws on every process
             batch = random_resized_crops(batch, cfg.crop_scale, gen)
+            rows = idx
             if cfg.world_size > 1:
                 local = shard(torch.arange(len(idx)), cfg.rank, cfg.world_size)
-                batch = batch[local]
-            t_feats, s_feats = features(prepare(batch))
+                batch, rows = batch[local], idx[local]
+            t_feats, s_feats = _pair(features, prepare(batch), None if cached is None else cached[0], rows)
             loss = ops.distill_loss(t_feats, s_feats, cfg.alpha, cfg.beta, backend=cfg.ops_backend)
             if cfg.world_size > 1:
                 # weight this shard by its share of the global batch: DDP's gradient average then equals the
@@ -266,7 +283,7 @@ def distill(teacher: nn.Module, student: nn.Module, features: Callable, train_u8
                 group["lr"] *= 0.5
             continue  # redo this epoch from the last good state
         hist.train_loss.append(running / max(seen, 1))
-        val = held_out_loss(student, features, val_u8, prepare, cfg)
+        val = held_out_loss(student, features, val_u8, prepare, cfg, cached=None if cached is None else cached[1])
         hist.val_loss.append(val)
         good_state = (copy.deepcopy(student.state_dict()), copy.deepcopy(opt.state_dict()))
         if val < best_val:
