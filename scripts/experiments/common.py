@@ -108,3 +108,10 @@ def nearest_cell_distance(cells: torch.Tensor, bank: torch.Tensor, chunk: int = 
     out = [((q * q).sum(1, keepdim=True) + b2 - 2 * q @ bank.T).min(1).values.clamp_min(0).sqrt()
            for q in cells.split(chunk)]
     return torch.cat(out)
+
+
+def parse_setting(setting: str) -> tuple[str, list[str], list[str] | None]:
+    """NAME=HEATMAP_LAYERS[/SCORE_LAYERS] -> (name, heatmap layers, score layers or None)."""
+    label, layers = setting.split("=")
+    heat, _, score = layers.partition("/")
+    return label, heat.split(","), score.split(",") if score else None
