@@ -18,7 +18,7 @@ def peak_in_image(peak: tuple[int, int], box: tuple[int, int, int, int], size: t
 
 
 def explanation(map_z, global_z, peak, box, size) -> dict:
-    """An image's score parts, JSON-ready: map_z (the heatmap's standardised score), global_z (the global
+    """An image's score parts, JSON-ready: map_z (the map score, standardised), global_z (the global
     branch's; None without one) and peak {x, y} (where the heatmap peaks, in the input's pixels). A high map_z
     with a peak: a local defect there; a high global_z with a low map_z: the whole part looks different."""
     g = float(global_z)
@@ -38,7 +38,7 @@ class Prediction:
     names: list[str | None]           # file paths where the inputs were files
     # (top, left, height, width) of each image inside its heatmap: all of it unless resize="keep_aspect" padded
     boxes: list[tuple[int, int, int, int]] | None = None
-    # the score's parts, from the model's forward (model.ModelOutput): the heatmap's standardised score, the
+    # the score's parts, from the model's forward (model.ModelOutput): the map's standardised score, the
     # global branch's (NaN without one) and the heatmap maximum's (row, column). A high global_z with a low map_z:
     # the whole part looks different; a high map_z: a local defect at the peak.
     map_z: torch.Tensor | None = None       # (B,) float32
@@ -61,15 +61,16 @@ class Prediction:
         return F.interpolate(self.heatmap_of_image(i)[None, None], size=(h, w), mode="bilinear",
                              align_corners=False)[0, 0]
 
+    def _box(self, i: int) -> tuple[int, int, int, int]:
+        return self.boxes[i] if self.boxes is not None else (0, 0, *self.heatmaps.shape[-2:])
+
     def peak_at_input_size(self, i: int) -> tuple[int, int]:
         """(x, y): where heatmap i peaks, in pixels of its input image (the padding taken off, the resize undone)."""
-        box = self.boxes[i] if self.boxes is not None else (0, 0, *self.heatmaps.shape[-2:])
-        return peak_in_image(self.peaks[i].tolist(), box, self.sizes[i])
+        return peak_in_image(self.peaks[i].tolist(), self._box(i), self.sizes[i])
 
     def explanation(self, i: int) -> dict:
         """Image i's score parts, JSON-ready (explanation())."""
-        box = self.boxes[i] if self.boxes is not None else (0, 0, *self.heatmaps.shape[-2:])
-        return explanation(self.map_z[i], self.global_z[i], self.peaks[i].tolist(), box, self.sizes[i])
+        return explanation(self.map_z[i], self.global_z[i], self.peaks[i].tolist(), self._box(i), self.sizes[i])
 
     def heatmaps_at_input_size(self) -> list[torch.Tensor]:
         """Every heatmap at its own input's size (a list: the sizes may all differ)."""
