@@ -163,6 +163,13 @@ def read_settings(path: str | os.PathLike):
         raise CheckpointError(f"{path}: configuration not usable by this fastmsfd ({exc})") from None
 
 
+def read_info(path: str | os.PathLike) -> dict:
+    """What fit and calibrate measured (n_train, calibration with the drift reference, ...), without building a
+    detector."""
+    _, config, version = load_checkpoint(path, with_version=True)
+    return migrate(config, version)[1]
+
+
 def _buffers(config) -> tuple[str, ...]:
     """The model's buffers a checkpoint carries for these settings."""
     norm = MAP_NORM_BUFFERS + (SCORE_NORM_BUFFERS if config.score.score_layers else ())

@@ -13,6 +13,7 @@ from . import commands
 from .config import MAP_NORMS, GeometrySettings, MapSettings, NetworkSettings, RuntimeSettings, ScoreSettings
 from .geometry import RESIZE_POLICIES
 from .global_score import DENSITIES
+from .monitor import DriftSettings
 from .runtimes import PRECISIONS, RUNTIMES
 
 # every default is config.py's: the options show them, and commands.build_detector passes what was given
@@ -124,6 +125,14 @@ def _add_inference_args(p: argparse.ArgumentParser) -> None:
                         "computes it natively and measurements showed no accuracy loss")
 
 
+def _add_drift_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--drift-window", type=int, default=DriftSettings.window,
+                   help="recent images the drift alarm tests (default: %(default)s; docs/serving.md)")
+    p.add_argument("--drift-alpha", type=float, default=DriftSettings.alpha,
+                   help="the drift tests' significance: the alarm rises when a p-value is under half of it "
+                        "(default: %(default)s)")
+
+
 def _add_checkpoint_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a .fastmsfd checkpoint")
 
@@ -182,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--actors", type=int, default=None, help="--ray: detector actors (default: from the cluster)")
     p.add_argument("--heatmaps", choices=["npy", "png"], default=None,
                    help="--ray: also write heatmaps under OUT/heatmaps (npy shards or one png per image)")
+    _add_drift_args(p)
     _add_inference_args(p)
 
     p = _command(sub, "eval", commands.cmd_eval,
@@ -239,6 +249,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue", type=int, default=64,
                    help="images waiting for the model before requests get 503 (default: %(default)s)")
     p.add_argument("--timeout-s", type=float, default=30.0, help="per-request timeout (default: %(default)s)")
+    p.add_argument("--token", help="access token clients send as 'Authorization: Bearer <token>' (default: "
+                                   "$FASTMSFD_TOKEN); required unless the server listens on loopback only")
+    p.add_argument("--insecure-no-token", action="store_true",
+                   help="listen beyond loopback without a token (anyone reaching the port can use and replace the "
+                        "model)")
+    p.add_argument("--ssl-certfile", help="HTTPS: the certificate (PEM), with --ssl-keyfile")
+    p.add_argument("--ssl-keyfile", help="HTTPS: the private key (PEM)")
+    _add_drift_args(p)
     _add_inference_args(p)
 
     p = _command(sub, "info", commands.cmd_info,

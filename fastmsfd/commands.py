@@ -3,6 +3,7 @@ exit code."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 import time
@@ -41,6 +42,14 @@ def load_detector(path, args):
     from . import Detector
 
     return Detector.load(path, runtime=getattr(args, "runtime", "auto"), precision=getattr(args, "precision", None))
+
+
+def drift_settings(args):
+    """The drift alarm's settings from --drift-window and --drift-alpha (a verdict from a quarter window on)."""
+    from .monitor import DriftSettings
+
+    window = args.drift_window
+    return DriftSettings(window=window, min_images=max(1, min(window // 4, 50)), alpha=args.drift_alpha)
 
 
 def _fit(det, data, args, state_path=None, resume=False):
@@ -97,6 +106,7 @@ def cmd_predict(args) -> int:
     from .batch import expand_paths, score_files, write_scores
 
     out = Path(args.out)
+    drift = drift_settings(args)  # bad settings fail before any work
     if args.ray:
         results, thr = _predict_on_ray(args, out)
     else:
@@ -109,11 +119,30 @@ def cmd_predict(args) -> int:
     n_anom = sum(1 for r in results if r.anomalous)
     print(f"{len(results) - len(bad)} images scored ({n_anom} anomalous at threshold {thr:.4g}), "
           f"{len(bad)} unreadable; wrote {out / 'scores.csv'}")
+    _report_drift(args.model, [r for r in results if r.score is not None], thr, drift, out)
     for r in bad:
         print(f"  skipped: {r.error}", file=sys.stderr)
     if bad and (args.strict or len(bad) == len(results)):
         return 1
     return 0
+
+
+def _report_drift(model: str, scored, threshold: float, settings, out: Path) -> None:
+    """The drift alarm over the scores in their order (fastmsfd.monitor): drift.json and one line."""
+    from .checkpoint import read_info
+    from .monitor import DriftMonitor, drift_report
+
+    reference = read_info(model).get("calibration", {}).get("reference")
+    if reference is None or not scored:
+        print("drift: not checked (" + ("no images scored" if not scored else "the checkpoint has no drift "
+                                        "reference: calibrate it again with this release") + ")")
+        return
+    monitor = DriftMonitor(reference, threshold, settings)
+    report = drift_report(monitor, [r.score for r in scored], [r.path for r in scored])
+    write_text(out / "drift.json", json.dumps(report, indent=2))
+    said = "; ".join(f"{e['event']} at image {e['at_image']} ({e['name']})" for e in report["events"])
+    print(f"drift: {said or 'no alarm'} over {len(scored)} images in order (window {settings.window}); "
+          f"wrote {out / 'drift.json'}")
 
 
 def _predict_on_ray(args, out: Path):
@@ -244,13 +273,21 @@ def cmd_bench(args) -> int:
 
 def cmd_serve(args) -> int:
     """Serves a checkpoint over HTTP (FastAPI + uvicorn): POST images to /predict, open / in a browser, OpenAPI
-    docs at /docs. Concurrent requests are micro-batched. Needs the serve extra: pip install fastmsfd[serve]."""
+    docs at /docs, Prometheus metrics at /metrics. Concurrent requests are micro-batched; a drift alarm watches
+    the scores; SIGHUP or POST /admin/reload swaps the model file without downtime. Needs the serve extra: pip
+    install fastmsfd[serve]."""
     from .serve import ServeConfig, serve
+    from .serve.auth import TOKEN_ENV, check_bind
 
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    check_bind(args.host, token, args.insecure_no_token)  # before the model is read
     cfg = ServeConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_body_mb=args.max_body_mb,
-                      max_queue=args.max_queue, timeout_s=args.timeout_s)
+                      max_queue=args.max_queue, timeout_s=args.timeout_s, token=token,
+                      drift=drift_settings(args))
     det = load_detector(args.model, args)  # a bad model file fails here, before the server starts
-    serve(det, args.host, args.port, cfg, log_level="warning" if args.quiet else "info")
+    serve(det, args.host, args.port, cfg, args.runtime, args.precision,
+          log_level="warning" if args.quiet else "info", insecure_no_token=args.insecure_no_token,
+          ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile, path=args.model)
     return 0
 
 

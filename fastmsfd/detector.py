@@ -20,6 +20,7 @@ from .config import resolve as resolve_config
 from .data import iter_batches
 from .geometry import content_box, to_canvas
 from .model import ModelOutput, MSFDModel
+from .monitor import DriftMonitor, DriftSettings, reference_from_scores
 from .prediction import Prediction
 
 
@@ -72,15 +73,10 @@ class Detector(nn.Module):
 
     layers = property(lambda self: self.settings.network.layers, doc="The heatmap's layers.")
 
-    @property
-    def input_hw(self) -> tuple[int, int]:
-        """The network's input size as (height, width); every image is resized to it."""
-        return self.model.input_hw
-
-    @property
-    def threshold(self) -> torch.Tensor:
-        """The decision threshold on scores (NaN until fit or calibrate sets it)."""
-        return self.model.threshold
+    input_hw = property(lambda self: self.model.input_hw,
+                        doc="The network's input size as (height, width); every image is resized to it.")
+    threshold = property(lambda self: self.model.threshold,
+                         doc="The decision threshold on scores (NaN until fit or calibrate sets it).")
 
     device = property(lambda self: self.model.device)
 
@@ -212,9 +208,8 @@ class Detector(nn.Module):
         calibration.check_quantile(quantile)  # before any inference
         if isinstance(normal_images, torch.Tensor) and normal_images.dtype == torch.uint8 \
                 and normal_images.dim() == 4 and tuple(normal_images.shape[-2:]) == self.input_hw:
-            scores = torch.cat([self.infer(normal_images[i:i + batch_size]).score.float().cpu()
-                                for i in range(0, len(normal_images), batch_size)])
-            found = None
+            scores, found = torch.cat([self.infer(normal_images[i:i + batch_size]).score.float().cpu()
+                                       for i in range(0, len(normal_images), batch_size)]), None
         else:
             pred = self.predict(normal_images, batch_size=batch_size)
             scores, found = pred.scores, pred.names
@@ -222,8 +217,14 @@ class Detector(nn.Module):
         if message:
             warnings.warn(message, stacklevel=3)  # past no_grad's wrapper, at calibrate's caller
         self.threshold.fill_(thr)
-        self.info["calibration"] = {"quantile": quantile, "n_images": len(scores), "left_out": left_out}
+        kept = [s for i, s in enumerate(scores.tolist()) if i not in set(left_out)]
+        self.info["calibration"] = {"quantile": quantile, "n_images": len(scores), "left_out": left_out,
+                                    "reference": reference_from_scores(kept, thr)}  # the drift alarm's
         return thr
+
+    def monitor(self, settings: DriftSettings | None = None) -> DriftMonitor:
+        """A drift alarm on this detector's scores (fastmsfd.monitor): update() it with every batch's scores."""
+        return DriftMonitor.for_detector(self, settings or DriftSettings())
 
     # ---- persistence and export --------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:

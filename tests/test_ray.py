@@ -83,6 +83,10 @@ def test_cli_writes_the_same_scores_csv_as_local_predict(cluster, archive, tmp_p
             assert (r_peak_x, r_peak_y) == (peak_x, peak_y)  # in the image's own pixels, both paths
     shards = list((tmp_path / "ray" / "heatmaps").glob("heatmaps-*.npy"))
     assert shards and sum(len(np.load(s)) for s in shards) == N_IMAGES
+    import json  # both paths watch the scores for drift, over the same images
+
+    drift = [json.loads((tmp_path / f / "drift.json").read_text()) for f in ("local", "ray")]
+    assert drift[0]["images"] == drift[1]["images"] == sum(1 for v in local.values() if v[0])
 
 
 def test_a_dying_actor_is_restarted_and_its_batch_retried(cluster, archive, tmp_path):

@@ -16,12 +16,29 @@ def __getattr__(name):
 
 
 def serve(model, host: str = "127.0.0.1", port: int = 8000, cfg=None, runtime: str = "auto",
-          precision: str | None = None, log_level: str = "info") -> None:
-    """Run the service until SIGINT/SIGTERM; in-flight requests finish before it exits."""
+          precision: str | None = None, log_level: str = "info", *, token: str | None = None,
+          insecure_no_token: bool = False, ssl_certfile: str | None = None, ssl_keyfile: str | None = None,
+          path=None) -> None:
+    """Run the service until SIGINT/SIGTERM; in-flight requests finish before it exits. SIGHUP reloads the model
+    file. token (else cfg.token, else $FASTMSFD_TOKEN): required beyond loopback unless insecure_no_token.
+    ssl_certfile/ssl_keyfile: HTTPS (uvicorn's TLS)."""
+    import dataclasses
+    import os
+
     import uvicorn
 
     from .app import ServeConfig, create_app
+    from .auth import TOKEN_ENV, check_bind
 
     cfg = cfg or ServeConfig()
-    uvicorn.run(create_app(model, cfg, runtime, precision), host=host, port=port, log_level=log_level,
-                timeout_graceful_shutdown=max(cfg.timeout_s, 1))
+    token = token or cfg.token or os.environ.get(TOKEN_ENV) or None
+    check_bind(host, token, insecure_no_token)
+    if bool(ssl_certfile) != bool(ssl_keyfile):
+        raise ValueError("HTTPS needs both ssl_certfile and ssl_keyfile (--ssl-certfile, --ssl-keyfile)")
+    for f in (ssl_certfile, ssl_keyfile):
+        if f and not os.path.isfile(f):
+            raise FileNotFoundError(f"{f}: no such TLS certificate or key file")
+    app = create_app(model, dataclasses.replace(cfg, token=token), runtime, precision, reload_on_sighup=True,
+                     path=path)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=max(cfg.timeout_s, 1),
+                ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)

@@ -104,6 +104,20 @@ async function loadMetadata() {
   }
 }
 
+// The drift alarm (GET /health): shown while raised, so an engineer at the page sees that the scene changed.
+async function pollDrift() {
+  try {
+    const d = (await (await fetch("/health")).json()).drift;
+    const el = $("drift");
+    el.hidden = !(d && d.drift);
+    if (d && d.drift) {
+      el.textContent = "drift alarm: " + (100 * d.rate).toFixed(1) + "% of the last " + d.images +
+        " images above the threshold (normal parts: about " + (100 * d.expected_rate).toFixed(1) +
+        "%); check the camera, the lighting and the material";
+    }
+  } catch (e) { /* the next poll tries again */ }
+}
+
 $("files").addEventListener("change", (e) => upload([...e.target.files]));
 const drop = $("drop");
 drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
@@ -120,3 +134,5 @@ $("reset").addEventListener("click", () => {
   render();
 });
 loadMetadata();
+pollDrift();
+setInterval(pollDrift, 5000);
